@@ -1,0 +1,1 @@
+"""Images: root filesystems and, later, the content store and snapshots."""

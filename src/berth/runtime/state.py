@@ -1,0 +1,102 @@
+"""The runtime's record of each container: ``<root>/<id>/state.json`` and its exec fifo.
+
+Status is never stored, it is derived: a container is *created* while its init waits
+on the exec fifo, *running* once the fifo is gone and the init lives, *paused* while
+its freezer holds it, and *stopped* when the init is gone (or a zombie). The init's
+start time is kept beside its pid so a recycled pid is never mistaken for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from berth.errors import Conflict, NotFound
+
+DEFAULT_ROOT = "/run/berth-runtime"
+FIFO_NAME = "exec.fifo"
+
+
+@dataclass
+class ContainerState:
+    id: str
+    bundle: str
+    rootfs: str
+    pid: int = 0
+    pid_start: int = 0
+    created: str = ""
+    owner: str = ""
+    annotations: dict[str, str] = field(default_factory=dict)
+    cgroup_paths: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+class StateStore:
+    """One directory per container under ``root``; writes are atomic renames."""
+
+    def __init__(self, root: str = DEFAULT_ROOT) -> None:
+        self.root = root
+
+    def dir(self, container_id: str) -> str:
+        return os.path.join(self.root, container_id)
+
+    def fifo(self, container_id: str) -> str:
+        return os.path.join(self.dir(container_id), FIFO_NAME)
+
+    def reserve(self, container_id: str) -> str:
+        """Create the container's directory; a second create of the same id fails here."""
+        os.makedirs(self.root, mode=0o711, exist_ok=True)
+        path = self.dir(container_id)
+        try:
+            os.mkdir(path, 0o711)
+        except FileExistsError:
+            raise Conflict(f"container with id {container_id!r} already exists") from None
+        return path
+
+    def save(self, state: ContainerState) -> None:
+        path = os.path.join(self.dir(state.id), "state.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(asdict(state), f)
+        os.rename(tmp, path)
+
+    def load(self, container_id: str) -> ContainerState:
+        path = os.path.join(self.dir(container_id), "state.json")
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise NotFound(f"container {container_id!r} does not exist") from None
+        except ValueError:
+            raise NotFound(f"container {container_id!r} has a damaged state file {path}") from None
+        return ContainerState(**data)
+
+    def ids(self) -> list[str]:
+        try:
+            names = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return []
+        return [n for n in names if os.path.exists(os.path.join(self.root, n, "state.json"))]
+
+    def remove(self, container_id: str) -> None:
+        shutil.rmtree(self.dir(container_id), ignore_errors=True)
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat, or None when the process is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def init_alive(state: ContainerState) -> bool:
+    return state.pid > 0 and process_start_time(state.pid) == state.pid_start

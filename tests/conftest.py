@@ -1,0 +1,100 @@
+"""Shared fixtures: real busybox bundles, a private runtime state root, and runtimes.
+
+Every test gets its own state root and bundle, and the ``runtime_root`` fixture
+force-deletes whatever containers a test left behind, so a failing test leaks no
+process, mount or cgroup.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.helpers import Bundle, RuntimeCLI
+
+from berth.images import busybox_rootfs
+from berth.runtime import spec
+
+IS_ROOT = os.geteuid() == 0
+
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root and the real kernel")
+
+
+def runtimes() -> list[str]:
+    """The runtimes the comparison tests run under: berth-runtime, and runc when installed."""
+    found = ["berth-runtime"]
+    if shutil.which("runc"):
+        found.append("runc")
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_mount_propagation() -> None:
+    """Make sure nothing our tests mount propagates to the host's mount namespace."""
+    # Containers get their own mount namespace; the runtime makes / rslave in it.
+    # The test process itself mounts nothing.
+
+
+@pytest.fixture(scope="session")
+def busybox_cache() -> str:
+    return busybox_rootfs.cached()
+
+
+@pytest.fixture
+def make_bundle(tmp_path: Path, busybox_cache: str) -> Iterator[Callable[..., Bundle]]:
+    """make_bundle(args, **process_fields) -> Bundle with runc's default spec, no tty."""
+    cleanups: list[Path] = []
+
+    def make(
+        args: list[str] | None = None,
+        name: str | None = None,
+        traversable: bool = False,
+        **process: Any,
+    ) -> Bundle:
+        """``traversable``: put the bundle where any uid can reach it (user namespaces)."""
+        base = tmp_path
+        if traversable:
+            base = Path(tempfile.mkdtemp(prefix="berth-test-", dir="/tmp"))
+            base.chmod(0o711)
+            cleanups.append(base)
+        path = base / (name or f"bundle-{uuid.uuid4().hex[:8]}")
+        path.mkdir()
+        subprocess.run(["cp", "-a", busybox_cache, str(path / "rootfs")], check=True)
+        config = copy.deepcopy(spec.default_spec())
+        config["process"]["terminal"] = False
+        config["process"]["args"] = args or ["true"]
+        config["process"].update(process)
+        config["hostname"] = "berth"
+        return Bundle(path, config).write()
+
+    yield make
+    for path in cleanups:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(params=runtimes())
+def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RuntimeCLI]:
+    """Each comparison test runs once per installed runtime."""
+    if not IS_ROOT:
+        pytest.skip("needs root and the real kernel")
+    cli = RuntimeCLI(request.param, tmp_path / f"state-{request.param}")
+    yield cli
+    cli.cleanup()
+
+
+@pytest.fixture
+def berth(tmp_path: Path) -> Iterator[RuntimeCLI]:
+    """berth-runtime alone, for behaviour runc does not share or we do not compare."""
+    if not IS_ROOT:
+        pytest.skip("needs root and the real kernel")
+    cli = RuntimeCLI("berth-runtime", tmp_path / "state-berth")
+    yield cli
+    cli.cleanup()

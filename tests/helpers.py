@@ -1,0 +1,82 @@
+"""Test helpers: busybox bundles and a wrapper that runs a runtime binary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+VENV_BIN = Path(sys.executable).parent
+BERTH_RUNTIME = str(VENV_BIN / "berth-runtime")
+
+
+class Bundle:
+    """A bundle directory with a busybox rootfs and a config.json to edit."""
+
+    def __init__(self, path: Path, config: dict[str, Any]) -> None:
+        self.path = path
+        self.config = config
+
+    @property
+    def rootfs(self) -> Path:
+        return self.path / "rootfs"
+
+    @property
+    def process(self) -> dict[str, Any]:
+        proc: dict[str, Any] = self.config["process"]
+        return proc
+
+    @property
+    def linux(self) -> dict[str, Any]:
+        linux: dict[str, Any] = self.config["linux"]
+        return linux
+
+    def write(self) -> Bundle:
+        (self.path / "config.json").write_text(json.dumps(self.config, indent=2))
+        return self
+
+
+class RuntimeCLI:
+    """Runs one runtime binary (berth-runtime or runc) with a private --root."""
+
+    def __init__(self, name: str, root: Path) -> None:
+        self.name = name
+        self.binary = BERTH_RUNTIME if name == "berth-runtime" else shutil.which(name) or name
+        self.root = root
+        self.created: list[str] = []
+
+    def __call__(
+        self, *args: str, check: bool = False, timeout: float = 60, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
+        if len(args) > 0 and args[0] in {"create", "run"}:
+            self.created.append(args[-1])
+        if "stdout" not in kwargs:
+            kwargs.setdefault("capture_output", True)
+        result = subprocess.run(
+            [self.binary, "--root", str(self.root), *args],
+            text=True,
+            timeout=timeout,
+            **kwargs,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{self.name} {' '.join(args)} exited {result.returncode}: {result.stderr}"
+            )
+        return result
+
+    def run(self, bundle: Bundle, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        bundle.write()
+        cid = f"t-{uuid.uuid4().hex[:10]}"
+        return self("run", "--bundle", str(bundle.path), cid, **kwargs)
+
+    def state(self, cid: str) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self("state", cid, check=True).stdout)
+        return result
+
+    def cleanup(self) -> None:
+        for cid in self.created:
+            self("delete", "--force", cid)
