@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.helpers import Bundle, RuntimeCLI
+from tests.helpers import CREATED_IDS, Bundle, RuntimeCLI
 
 from berth.images import busybox_rootfs
 from berth.runtime import spec
@@ -36,11 +36,46 @@ def runtimes() -> list[str]:
     return found
 
 
+def _cgroup_dirs() -> set[str]:
+    found = set()
+    for top, dirs, _ in os.walk("/sys/fs/cgroup"):
+        found.update(os.path.join(top, d) for d in dirs)
+    return found
+
+
+def _test_processes() -> set[int]:
+    """Processes whose root is inside pytest's temporary folders (container inits)."""
+    pids = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/root").startswith(("/tmp/pytest-of-", "/tmp/berth-test-")):
+                pids.add(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _private_mount_propagation() -> None:
-    """Make sure nothing our tests mount propagates to the host's mount namespace."""
-    # Containers get their own mount namespace; the runtime makes / rslave in it.
-    # The test process itself mounts nothing.
+def _nothing_leaks() -> Iterator[None]:
+    """After the whole suite: no cgroup, mount or process of the tests remains."""
+    if not IS_ROOT:
+        yield
+        return
+    cgroups_before = _cgroup_dirs()
+    with open("/proc/self/mountinfo") as f:
+        mounts_before = f.read().count("\n")
+    yield
+    leaked_cgroups = sorted(
+        path
+        for path in _cgroup_dirs() - cgroups_before
+        if os.path.basename(path) in CREATED_IDS or "berth-test-" in path
+    )
+    with open("/proc/self/mountinfo") as f:
+        mounts_after = f.read().count("\n")
+    processes = _test_processes()
+    assert not leaked_cgroups, f"cgroups left behind: {leaked_cgroups[:10]}"
+    assert mounts_after == mounts_before, "mounts left behind in the host namespace"
+    assert not processes, f"container processes left behind: {sorted(processes)}"
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+# Every container id any test created, for the end-of-session leak check.
+CREATED_IDS: set[str] = set()
 VENV_BIN = Path(sys.executable).parent
 BERTH_RUNTIME = str(VENV_BIN / "berth-runtime")
 
@@ -53,7 +55,7 @@ class RuntimeCLI:
         self, *args: str, check: bool = False, timeout: float = 60, **kwargs: Any
     ) -> subprocess.CompletedProcess[str]:
         if len(args) > 0 and args[0] in {"create", "run"}:
-            self.created.append(args[-1])
+            self.remember(args[-1])
         if "stdout" not in kwargs:
             kwargs.setdefault("capture_output", True)
         result = subprocess.run(
@@ -67,6 +69,12 @@ class RuntimeCLI:
                 f"{self.name} {' '.join(args)} exited {result.returncode}: {result.stderr}"
             )
         return result
+
+    def remember(self, cid: str) -> None:
+        """Delete ``cid`` when the test ends, and check at the end that it left nothing."""
+        if cid not in self.created:
+            self.created.append(cid)
+        CREATED_IDS.add(cid)
 
     def run(self, bundle: Bundle, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         bundle.write()

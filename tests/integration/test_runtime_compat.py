@@ -163,7 +163,7 @@ def test_kill_delivers_signals_by_name_or_number(
 ) -> None:
     bundle = make_bundle(command).write()
     cid = f"t-{uuid.uuid4().hex[:10]}"
-    runtime.created.append(cid)
+    runtime.remember(cid)
     proc = subprocess.Popen(
         [runtime.binary, "--root", str(runtime.root), "run", "--bundle", str(bundle.path), cid],
         stdin=subprocess.DEVNULL,
@@ -185,7 +185,7 @@ def test_kill_delivers_signals_by_name_or_number(
 def _create(runtime: RuntimeCLI, bundle: Bundle, *extra: str) -> str:
     bundle.write()
     cid = f"t-{uuid.uuid4().hex[:10]}"
-    runtime.created.append(cid)
+    runtime.remember(cid)
     # The init inherits stdio: a pipe would keep the caller waiting for EOF.
     with tempfile.TemporaryFile(mode="w+") as errors:
         result = runtime(
