@@ -10,7 +10,7 @@ Two implementations behind one interface, :class:`Cgroup`:
 
 The mode and the hierarchies come from ``/proc/self/mountinfo``, never from guesses
 about which directories exist. Every write error is a :class:`CgroupError` naming the
-file and the value. The module imports only ``os``, ``errno``, ``logging`` and
+file and the value. The module imports only ``os``, ``errno``, ``berth.log`` and
 ``typing`` (it sits on the runtime's hot path); ``time`` is imported where a wait is
 needed.
 
@@ -31,13 +31,11 @@ A ``..`` component is refused.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 from typing import Any, Literal
 
+from berth import log
 from berth.errors import SystemFailure
-
-log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = "/sys/fs/cgroup"
 

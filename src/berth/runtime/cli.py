@@ -6,107 +6,109 @@ Flags follow runc (urfave/cli), including Go's single-dash long flags
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from typing import Any
 
-from berth import __version__
+from berth import __version__, log
 from berth.errors import BerthError, ConfigError, InvalidArgument
-from berth.runtime import log, spec
+from berth.runtime import spec
+from berth.runtime.flags import BOOL, INT, LIST, VALUE, Flag, Namespace, Verb, parse, usage
 
-_LONG_FLAGS = {
-    "root", "log", "log-format", "debug", "systemd-cgroup", "criu", "rootless", "bundle",
-    "console-socket", "pid-file", "no-pivot", "no-new-keyring", "preserve-fds", "detach",
-    "keep", "no-subreaper", "all", "force", "format", "quiet", "cwd", "env", "tty", "user",
-    "additional-gids", "process", "process-label", "apparmor", "no-new-privs", "cap",
-    "ignore-paused", "help", "version",
-}  # fmt: skip
+_BUNDLE_FLAGS = [
+    Flag("bundle,b", VALUE, ".", "the bundle directory (default: the current one)"),
+    Flag("console-socket", VALUE, None, "unix socket that receives the pty master"),
+    Flag("pid-file", VALUE, None, "write the init's pid to this file"),
+    Flag("no-pivot", BOOL, help="MS_MOVE and chroot instead of pivot_root"),
+    Flag("no-new-keyring", BOOL, help="accepted; the session keyring is inherited"),
+    Flag("preserve-fds", INT, 0, "pass this many extra fds, from 3 on"),
+    Flag("help,h", BOOL),
+]
+GLOBAL_FLAGS = [
+    Flag("root", VALUE, "/run/berth-runtime", "state directory"),
+    Flag("log", VALUE, None, "log file (errors and warnings)"),
+    Flag("log-format", VALUE, "text", "text or json"),
+    Flag("debug", BOOL, help="debug output"),
+    Flag("systemd-cgroup", BOOL, help="accepted; the cgroupfs driver is used"),
+    Flag("criu", VALUE, None, "accepted, unused"),
+    Flag("rootless", VALUE, None, "accepted, unused"),
+    Flag("version,v", BOOL, help="print the version"),
+    Flag("help,h", BOOL, help="this help"),
+]
+_HELP = Flag("help,h", BOOL)
+VERBS = [
+    Verb("create", "create a container that waits for start", _BUNDLE_FLAGS, "id"),
+    Verb("start", "run the user process of a created container", [_HELP], "id"),
+    Verb(
+        "run",
+        "create and start a container, and wait for it",
+        [
+            *_BUNDLE_FLAGS,
+            Flag("detach,d", BOOL, help="do not wait"),
+            Flag("keep", BOOL, help="do not delete the container when it exits"),
+            Flag("no-subreaper", BOOL, help="accepted"),
+        ],
+        "id",
+    ),
+    Verb("state", "print the container's state as JSON", [_HELP], "id"),
+    Verb(
+        "kill",
+        "send a signal (default SIGTERM) to the container",
+        [Flag("all,a", BOOL, help="to every process of the container"), _HELP],
+        "id signal?",
+    ),
+    Verb(
+        "delete", "delete a container", [Flag("force,f", BOOL, help="kill it first"), _HELP], "id"
+    ),
+    Verb("pause", "freeze every process of the container", [_HELP], "id"),
+    Verb("resume", "thaw a paused container", [_HELP], "id"),
+    Verb(
+        "list",
+        "list containers",
+        [Flag("format,f", VALUE, "table", "table or json"), Flag("quiet,q", BOOL), _HELP],
+    ),
+    Verb(
+        "ps",
+        "processes of a container (ps options may follow the id)",
+        [Flag("format,f", VALUE, "table", "table or json"), _HELP],
+        "id",
+        rest="ps_args",
+    ),
+    Verb(
+        "exec",
+        "run a process in a running container",
+        [
+            Flag("console-socket", VALUE, None, "unix socket that receives the pty master"),
+            Flag("cwd", VALUE, None, "working directory"),
+            Flag("env,e", LIST, help="KEY=VALUE (repeatable)"),
+            Flag("tty,t", BOOL, help="allocate a pty"),
+            Flag("user,u", VALUE, None, "UID[:GID]"),
+            Flag("additional-gids,g", LIST, help="extra group (repeatable)"),
+            Flag("process,p", VALUE, None, "process.json instead of a command"),
+            Flag("detach,d", BOOL, help="do not wait"),
+            Flag("pid-file", VALUE, None, "write the process's pid to this file"),
+            Flag("process-label", VALUE, None, "accepted, unused"),
+            Flag("apparmor", VALUE, None, "accepted, unused"),
+            Flag("no-new-privs", BOOL, help="set no_new_privs"),
+            Flag("cap,c", LIST, help="add a capability (repeatable)"),
+            Flag("preserve-fds", INT, 0, "pass this many extra fds"),
+            Flag("ignore-paused", BOOL, help="accepted"),
+            _HELP,
+        ],
+        "id",
+        rest="command",
+    ),
+    Verb(
+        "spec",
+        "write runc's default config.json",
+        [Flag("bundle,b", VALUE, ".", "where"), Flag("rootless", BOOL), _HELP],
+    ),
+    Verb("features", "print what this runtime supports (JSON)", [_HELP]),
+]
 
 
-def _normalise(argv: list[str]) -> list[str]:
-    """Accept Go-style ``-flag`` for long flags, as runc does."""
-    result = []
-    for arg in argv:
-        name = arg[1:].split("=", 1)[0]
-        if arg.startswith("-") and not arg.startswith("--") and name in _LONG_FLAGS:
-            arg = "-" + arg
-        result.append(arg)
-    return result
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="berth-runtime", description="Berth's OCI runtime (runc-compatible command line)."
-    )
-    parser.add_argument("-v", "--version", action="store_true", help="print the version")
-    parser.add_argument("--root", default="/run/berth-runtime", help="state directory")
-    parser.add_argument("--log", default=None, help="log file (errors and warnings)")
-    parser.add_argument("--log-format", default="text", choices=["text", "json"])
-    parser.add_argument("--debug", action="store_true")
-    parser.add_argument("--systemd-cgroup", action="store_true", help="accepted; cgroupfs is used")
-    parser.add_argument("--criu", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--rootless", default=None, help=argparse.SUPPRESS)
-    sub = parser.add_subparsers(dest="verb", metavar="COMMAND")
-
-    def bundle_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-b", "--bundle", default=".", help="the bundle directory")
-        p.add_argument("--console-socket", default=None)
-        p.add_argument("--pid-file", default=None)
-        p.add_argument("--no-pivot", action="store_true")
-        p.add_argument("--no-new-keyring", action="store_true")
-        p.add_argument("--preserve-fds", type=int, default=0)
-        p.add_argument("id")
-
-    bundle_opts(sub.add_parser("create", help="create a container"))
-    p = sub.add_parser("run", help="create and start a container, and wait for it")
-    bundle_opts(p)
-    p.add_argument("-d", "--detach", action="store_true")
-    p.add_argument("--keep", action="store_true")
-    p.add_argument("--no-subreaper", action="store_true")
-    for name in ("start", "state", "pause", "resume"):
-        sub.add_parser(name).add_argument("id")
-    p = sub.add_parser("kill", help="send a signal to the container's init")
-    p.add_argument("-a", "--all", action="store_true")
-    p.add_argument("id")
-    p.add_argument("signal", nargs="?", default="SIGTERM")
-    p = sub.add_parser("delete", help="delete a container")
-    p.add_argument("-f", "--force", action="store_true")
-    p.add_argument("id")
-    p = sub.add_parser("list", help="list containers")
-    p.add_argument("-f", "--format", default="table", choices=["table", "json"])
-    p.add_argument("-q", "--quiet", action="store_true")
-    p = sub.add_parser("ps", help="processes of a container")
-    p.add_argument("-f", "--format", default="table", choices=["table", "json"])
-    p.add_argument("id")
-    p.add_argument("ps_args", nargs=argparse.REMAINDER)
-    p = sub.add_parser("spec", help="write runc's default config.json")
-    p.add_argument("-b", "--bundle", default=".")
-    p.add_argument("--rootless", action="store_true")
-    sub.add_parser("features", help="print what this runtime supports (JSON)")
-    p = sub.add_parser("exec", help="run a process in a running container")
-    p.add_argument("--console-socket", default=None)
-    p.add_argument("--cwd", default=None)
-    p.add_argument("-e", "--env", action="append", default=[])
-    p.add_argument("-t", "--tty", action="store_true")
-    p.add_argument("-u", "--user", default=None)
-    p.add_argument("-g", "--additional-gids", action="append", default=[])
-    p.add_argument("-p", "--process", default=None)
-    p.add_argument("-d", "--detach", action="store_true")
-    p.add_argument("--pid-file", default=None)
-    p.add_argument("--process-label", default=None)
-    p.add_argument("--apparmor", default=None)
-    p.add_argument("--no-new-privs", action="store_true")
-    p.add_argument("-c", "--cap", action="append", default=[])
-    p.add_argument("--preserve-fds", type=int, default=0)
-    p.add_argument("--ignore-paused", action="store_true")
-    p.add_argument("id")
-    p.add_argument("command", nargs=argparse.REMAINDER)
-    return parser
-
-
-def _exec_process(args: argparse.Namespace, config: dict[str, Any]) -> dict[str, Any]:
+def _exec_process(args: Namespace, config: dict[str, Any]) -> dict[str, Any]:
     if args.process:
         try:
             with open(args.process) as f:
@@ -187,7 +189,7 @@ def _print_table(rows: list[list[str]]) -> None:
         print("   ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: Namespace) -> int:
     from berth.runtime.container import Runtime, parse_signal
 
     runtime = Runtime(args.root)
@@ -217,7 +219,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif command == "state":
         print(json.dumps(runtime.state_json(args.id), indent=2))
     elif command == "kill":
-        runtime.kill(args.id, parse_signal(args.signal), all_processes=args.all)
+        runtime.kill(args.id, parse_signal(args.signal or "SIGTERM"), all_processes=args.all)
     elif command == "delete":
         runtime.delete(args.id, force=args.force)
     elif command == "pause":
@@ -300,12 +302,22 @@ def _print_ps(pids: list[int], ps_args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(_normalise(sys.argv[1:] if argv is None else argv))
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse(argv, GLOBAL_FLAGS, VERBS)
+    except BerthError as exc:
+        print(f"berth-runtime: {exc}", file=sys.stderr)
+        return 2
     if args.version:
         print(f"berth-runtime version {__version__}\nspec: {spec.OCI_VERSION}")
         return 0
-    if not args.verb:
-        _parser().print_usage(sys.stderr)
+    if args.help or not args.verb:
+        out = sys.stdout if args.help else sys.stderr
+        print(usage("berth-runtime", GLOBAL_FLAGS, VERBS, args.verb if args.help else None),
+              end="", file=out)  # fmt: skip
+        return 0 if args.help else 2
+    if args.log_format not in {"text", "json"}:
+        print(f"berth-runtime: --log-format {args.log_format!r}: use text or json", file=sys.stderr)
         return 2
     log.configure(args.log, args.log_format, args.debug)
     try:
@@ -316,6 +328,14 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: still one line for the user, details with --debug
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        log.error(f"internal error: {type(exc).__name__}: {exc}")
+        print(f"berth-runtime: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from berth import log
 from berth.errors import BerthError, ConfigError, Conflict, InvalidArgument, SystemFailure
 from berth.linux import syscalls as sc
-from berth.runtime import hooks, log, process, spec
+from berth.runtime import hooks, process, spec
 from berth.runtime.state import (
     DEFAULT_ROOT,
     ContainerState,
@@ -61,7 +61,9 @@ def preload_for_child(config: dict[str, Any], proc: dict[str, Any] | None = None
     """Import now what the children use after pivot_root, when the host's Python
     library and shared objects are out of their reach."""
     import select  # noqa: F401  (console proxy, fifo wait)
-    import traceback  # noqa: F401  (debug reports from children)
+
+    if log.debugging():
+        import traceback  # noqa: F401  (debug reports from children)
 
     from berth.linux import capabilities, execstub  # noqa: F401
     from berth.runtime import rootfs  # noqa: F401
@@ -140,12 +142,12 @@ def parse_signal(value: str) -> int:
         raise InvalidArgument(f"unknown signal {value!r}") from None
 
 
-@dataclass
 class Started:
     """What create/exec hand back: the process and, for foreground terminals, its pty."""
 
-    pid: int
-    console_master: int | None = None
+    def __init__(self, pid: int, console_master: int | None = None) -> None:
+        self.pid = pid
+        self.console_master = console_master
 
 
 class Runtime:

@@ -55,7 +55,7 @@ def run(config: dict[str, Any], phase: str, state: dict[str, Any]) -> None:
             message = f"{phase} hook {path} {failure}"
             if phase in FATAL_PHASES:
                 raise HookError(message)
-            from berth.runtime import log
+            from berth import log
 
             log.warning(message)
 

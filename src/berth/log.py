@@ -1,4 +1,4 @@
-"""The runtime's log: runc's ``--log`` file with text or JSON lines.
+"""Berth's log: runc's ``--log`` file with text or JSON lines, shared by all layers.
 
 containerd's shim reads the last error from this file, so errors are written there
 as well as to stderr. The stdlib logging package is not used: importing it costs
@@ -48,13 +48,14 @@ def debugging() -> bool:
     return _debug
 
 
-def debug(message: str) -> None:
-    write("debug", message)
+def debug(message: str, *args: object) -> None:
+    if _debug:
+        write("debug", message % args if args else message)
 
 
-def warning(message: str) -> None:
-    write("warning", message)
+def warning(message: str, *args: object) -> None:
+    write("warning", message % args if args else message)
 
 
-def error(message: str) -> None:
-    write("error", message)
+def error(message: str, *args: object) -> None:
+    write("error", message % args if args else message)
