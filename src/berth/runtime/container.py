@@ -295,7 +295,7 @@ class Runtime:
     ) -> Started:
         state = init.state
         console_master: int | None = None
-        stage1_reaped = False
+        stage1_reaped = ready = False
         while True:
             message, fds = _recv(sock)
             if message is None:
@@ -312,6 +312,10 @@ class Runtime:
                 os.waitpid(child_pid, 0)
                 stage1_reaped = True
                 self.store.save(state)
+                if not init.joins_cgroup_itself:
+                    # The init builds its rootfs meanwhile: a cgroup v1 join can cost
+                    # an RCU grace period (~15 ms), so it overlaps with that work.
+                    init.cgroup.join(state.pid)
             elif kind == "console":
                 master = fds[0]
                 if console_socket:
@@ -335,8 +339,8 @@ class Runtime:
                 hooks.run(init.config, "createRuntime", payload)
                 _send(sock, {"t": "ok"})
             elif kind == "ready":
-                if not stage1_reaped:
-                    os.waitpid(child_pid, 0)
+                ready = True
+            if ready and stage1_reaped:
                 return Started(state.pid, console_master)
 
     def _cleanup_failed(self, container_id: str, cgroup: Any) -> None:
@@ -505,9 +509,10 @@ class Runtime:
             ctx.stage1(child_sock)
         child_sock.close()
         pid = 0
+        ready = False
         master: int | None = None
         try:
-            while True:
+            while not (ready and pid):
                 message, fds = _recv(parent_sock)
                 if message is None:
                     raise SystemFailure("the exec process exited before it started")
@@ -517,6 +522,9 @@ class Runtime:
                     pid = int(message["pid"])
                     os.waitpid(child_pid, 0)
                     child_pid = 0
+                    if state.cgroup_paths:
+                        # overlaps with the process's own set-up, as in create
+                        self._cgroup(state).join(pid)
                 elif message["t"] == "console":
                     if console_socket:
                         from berth.runtime import console
@@ -526,7 +534,8 @@ class Runtime:
                     else:
                         master = fds[0]
                 elif message["t"] == "ready":
-                    break
+                    ready = True
+            _send(parent_sock, {"t": "go"})
         except BaseException:
             if child_pid:
                 _reap_quietly(child_pid)
@@ -730,10 +739,15 @@ class _InitContext:
         self.no_pivot = no_pivot
         self.preserve_fds = preserve_fds
         self.state = state
+        # A new cgroup namespace is rooted where its creator is: then stage 1 must be
+        # in the container's cgroup before it unshares. Otherwise the parent moves the
+        # init in while the init works (see Runtime._follow_create).
+        self.joins_cgroup_itself = namespaces.get("cgroup", "") is None
 
     def stage1(self, sock: socket.socket) -> NoReturn:
         try:
-            self.cgroup.join(0)
+            if self.joins_cgroup_itself:
+                self.cgroup.join(0)
             join_namespaces(self.namespaces)
             new = {k for k, path in self.namespaces.items() if path is None}
             if "user" in new:
@@ -879,12 +893,7 @@ class _ExecContext:
 
     def stage1(self, sock: socket.socket) -> NoReturn:
         try:
-            config = self.state.config
-            if self.state.cgroup_paths:
-                from berth.linux.cgroups import Cgroup
-
-                Cgroup.from_paths(self.state.cgroup_paths).join(0)
-            ours = spec.namespaces(config)
+            ours = spec.namespaces(self.state.config)
             targets: dict[str, str | None] = {}
             for kind in ours:
                 proc_name = spec.NAMESPACE_PROC_NAMES[kind]
@@ -926,6 +935,9 @@ class _ExecContext:
             process.finalize(proc, linux.get("seccomp"))
             process.prepare_exec_fds(self.preserve_fds)
             _send(sock, {"t": "ready"})
+            go, _ = _recv(sock)  # the parent has moved us into the cgroup
+            if not go or go.get("t") != "go":
+                os._exit(1)
             process.exec_process(path, proc["args"], env, stub)
             os._exit(127)
         except BaseException as exc:
