@@ -123,6 +123,15 @@ class Contender:
         """Stop any helper process."""
 
 
+def _finish(proc: subprocess.Popen[bytes]) -> None:
+    """Interrupted: let the runtime finish its (short) container rather than kill it."""
+    try:
+        proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+
+
 def _tail(text: str | bytes | None, limit: int = 300) -> str:
     if isinstance(text, bytes):
         text = text.decode(errors="replace")
@@ -149,16 +158,24 @@ class CliContender(Contender):
     def run_once(self, container_id: str) -> float:
         argv = self.argv(container_id)
         start = time.perf_counter()
-        proc = subprocess.run(
+        # Its own session: a Ctrl-C meant for the benchmark does not hit the runtime
+        # half-way through a create (that would orphan the container's init).
+        proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=self.env,
+            start_new_session=True,
         )
+        try:
+            _, err = proc.communicate()
+        except BaseException:
+            _finish(proc)
+            raise
         took = time.perf_counter() - start
         if proc.returncode != 0:
-            raise RunFailed(f"exit {proc.returncode}: {_tail(proc.stderr)}")
+            raise RunFailed(f"exit {proc.returncode}: {_tail(err)}")
         return took
 
     def leftover_ids(self) -> list[str]:
@@ -513,16 +530,52 @@ def find_leftovers(id_prefix: str, workdir: str) -> list[str]:
     return found
 
 
-def remove_cgroups(id_prefix: str) -> None:
-    """rmdir leftover (empty) cgroups of this run, deepest first."""
+def _run_cgroups(id_prefix: str) -> list[str]:
+    """This run's cgroup directories in every hierarchy, deepest first."""
+    found = []
     for dirpath, dirnames, _ in os.walk(CGROUP_ROOT, topdown=False):
-        for name in dirnames:
-            path = os.path.join(dirpath, name)
-            if id_prefix in path:
-                try:
-                    os.rmdir(path)
-                except OSError:
-                    pass
+        found.extend(os.path.join(dirpath, d) for d in dirnames if id_prefix in dirpath + "/" + d)
+    return found
+
+
+def kill_run_cgroups(id_prefix: str, timeout: float = 5.0) -> None:
+    """SIGKILL what is still in this run's cgroups (an init orphaned by an interrupted
+    runtime), then rmdir them, deepest first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = set()
+        for path in _run_cgroups(id_prefix):
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as f:
+                    pids.update(int(p) for p in f.read().split())
+            except OSError:
+                continue
+        pids.discard(os.getpid())
+        if not pids or time.monotonic() > deadline:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.02)
+    _reap_orphans()
+    for path in _run_cgroups(id_prefix):
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
+def _reap_orphans() -> None:
+    """Runtime.run made this process a subreaper: collect any orphan that ended here."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 # -------------------------------------------------------------------------- driving
@@ -811,13 +864,18 @@ def main(argv: list[str] | None = None) -> int:
         for c in contenders:
             c.close()
             problems.extend(c.cleanup())
-        remove_cgroups(id_prefix)
+        kill_run_cgroups(id_prefix)
         if not args.keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+            if os.path.exists(workdir):
+                problems.append(f"cannot remove {workdir}")
         leftovers = find_leftovers(id_prefix, workdir)
-        for line in problems + leftovers:
+        for line in problems:
+            # e.g. a runtime killed before it wrote its state: its cgroups went above
+            print(f"cleanup note: {line}", file=sys.stderr)
+        for line in leftovers:
             print(f"leftover: {line}", file=sys.stderr)
-        if not problems and not leftovers:
+        if not leftovers:
             print(f"cleanup: no containers, cgroups, mounts or processes of {id_prefix}* left")
     return 130 if interrupted else 0
 

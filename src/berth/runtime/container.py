@@ -807,9 +807,9 @@ class _InitContext:
         )
         hooks.run(config, "createContainer", payload)
         builder.pivot(self.no_pivot)
-        builder.finish()
         for key, value in (linux.get("sysctl") or {}).items():
             _write_file("/proc/sys/" + key.replace(".", "/"), value)
+        builder.finish()
         if config.get("hostname") and self.namespaces.get("uts", "") is None:
             sc.sethostname(config["hostname"])
         if config.get("domainname") and self.namespaces.get("uts", "") is None:

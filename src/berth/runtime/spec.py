@@ -171,7 +171,7 @@ def default_spec(rootless: bool = False) -> dict[str, Any]:
 
 
 def validate_id(container_id: str) -> None:
-    if not container_id or container_id in {".", ".."} or not _ID_PATTERN.match(container_id):
+    if not container_id or container_id in {".", ".."} or not _ID_PATTERN.fullmatch(container_id):
         raise ConfigError(
             f"invalid container id {container_id!r}: use letters, digits, '_', '+', '-' and '.'"
         )
