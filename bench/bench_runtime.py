@@ -532,7 +532,7 @@ def find_leftovers(id_prefix: str, workdir: str) -> list[str]:
 
 def _run_cgroups(id_prefix: str) -> list[str]:
     """This run's cgroup directories in every hierarchy, deepest first."""
-    found = []
+    found: list[str] = []
     for dirpath, dirnames, _ in os.walk(CGROUP_ROOT, topdown=False):
         found.extend(os.path.join(dirpath, d) for d in dirnames if id_prefix in dirpath + "/" + d)
     return found
@@ -543,7 +543,7 @@ def kill_run_cgroups(id_prefix: str, timeout: float = 5.0) -> None:
     runtime), then rmdir them, deepest first."""
     deadline = time.monotonic() + timeout
     while True:
-        pids = set()
+        pids: set[int] = set()
         for path in _run_cgroups(id_prefix):
             try:
                 with open(os.path.join(path, "cgroup.procs")) as f:
@@ -746,8 +746,8 @@ def report(contenders: list[Contender], machine: dict[str, Any], iterations: int
         lines.append("")
         for c in contenders:
             if c.key != "runc" and c.samples_ms:
-                ratio = summarize(c.samples_ms)["p50"] / runc_p50
-                lines.append(f"{c.label} / runc = {ratio:.2f}x (p50)")
+                factor = summarize(c.samples_ms)["p50"] / runc_p50
+                lines.append(f"{c.label} / runc = {factor:.2f}x (p50)")
     lib = next((c for c in contenders if c.key == "berth-lib" and c.samples_ms), None)
     if lib:
         p50 = summarize(lib.samples_ms)["p50"]

@@ -182,26 +182,6 @@ def _remove_tree(path: str) -> None:
     _rmdir_retry(path)
 
 
-def _remove_empty_parents(leaf: str, base: str | None) -> None:
-    """rmdir the parents of ``leaf`` while empty, up to but excluding ``base``.
-
-    Without a base (a cgroup rebuilt by :meth:`Cgroup.from_paths`) the walk stops
-    below the hierarchy's mount point. The kernel refuses to remove a cgroup that
-    holds processes or children, so only really empty directories go.
-    """
-    parent = os.path.dirname(leaf)
-    while parent and parent != "/":
-        if base is not None and (parent == base or not parent.startswith(base + "/")):
-            return
-        if base is None and os.path.ismount(parent):
-            return
-        try:
-            os.rmdir(parent)
-        except OSError:
-            return
-        parent = os.path.dirname(parent)
-
-
 def _mount_of(path: str) -> str:
     """The mount point holding ``path`` (walking up while not a mount)."""
     d = path
@@ -278,6 +258,57 @@ def _read_proc(path: str) -> str:
         raise CgroupError(f"cgroup: cannot read {path}: {_strerror(e)}") from None
 
 
+_mountinfo_cache: str | None = None
+
+
+def _own_mountinfo() -> str:
+    """This process's mountinfo, read once: cgroup hierarchies do not move while a
+    runtime runs, and every create would otherwise parse it three times."""
+    global _mountinfo_cache
+    if _mountinfo_cache is None:
+        _mountinfo_cache = _read_proc("/proc/self/mountinfo")
+    return _mountinfo_cache
+
+
+def warm_up() -> None:
+    """Start the kernel's cgroup-migration grace period now, in the background.
+
+    Moving a process between cgroups takes a global lock whose first writer waits
+    for an RCU grace period (~12-15 ms here) unless another move happened in the
+    last few tens of milliseconds. A thread writes this process's pid into its own
+    cgroup (a no-op move) so that the wait overlaps with the caller's work, and the
+    container's real join later finds the lock already warm.
+    """
+    import _thread
+
+    target = ""
+    try:
+        for line in _read_proc("/proc/self/cgroup").splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers and not controllers.startswith("name="):
+                name = controllers.split(",")[0]
+                target = os.path.join(DEFAULT_ROOT, name, path.lstrip("/"), "cgroup.procs")
+                break
+            if not controllers and detect_mode() == "v2":
+                target = os.path.join(DEFAULT_ROOT, path.lstrip("/"), "cgroup.procs")
+    except (CgroupError, ValueError):
+        return
+    if not target:
+        return
+
+    def move_self() -> None:
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+    _thread.start_new_thread(move_self, ())
+
+
 def _norm(path: str) -> str:
     return os.path.normpath(path) if path else path
 
@@ -289,7 +320,7 @@ def detect_mode(mountinfo: str | None = None, *, root: str = DEFAULT_ROOT) -> Li
     mount at ``/sys/fs/cgroup/unified``) is "v1". ``mountinfo`` is the text of
     ``/proc/self/mountinfo`` (read when not given).
     """
-    text = _read_proc("/proc/self/mountinfo") if mountinfo is None else mountinfo
+    text = _own_mountinfo() if mountinfo is None else mountinfo
     want = _norm(root)
     mode: Literal["v1", "v2"] = "v1"
     for m in _parse_mountinfo(text):
@@ -494,7 +525,7 @@ class Cgroup:
         proc_cgroup: str | None = None,
     ) -> Cgroup:
         path, absolute = _resolve(cgroups_path, container_id)
-        text = _read_proc("/proc/self/mountinfo") if mountinfo is None else mountinfo
+        text = _own_mountinfo() if mountinfo is None else mountinfo
         root = _norm(root)
         mode = detect_mode(text, root=root)
         mounts = _parse_mountinfo(text)
@@ -1008,8 +1039,6 @@ class _CgroupV1(Cgroup):
                 _remove_tree(d)
             except CgroupError as e:
                 first = first or e
-                continue
-            _remove_empty_parents(d, self._bases.get(d))
         if first is not None:
             raise first
 
@@ -1281,7 +1310,6 @@ class _CgroupV2(Cgroup):
 
     def destroy(self) -> None:
         _remove_tree(self._dir)
-        _remove_empty_parents(self._dir, self._base)
 
     def oom_killed(self) -> bool:
         events = _keyed(_read_opt(self._f("memory.events")))

@@ -214,6 +214,37 @@ class Runtime:
         ``keep_console``: for a terminal container with no console socket, hand the
         pty master back to the caller (``run`` in the foreground proxies it).
         """
+        # Ctrl-C or SIGTERM in the middle would leave half a container: hold them
+        # until create has finished (or cleaned up), then let them act.
+        held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            return self._create(
+                container_id,
+                bundle,
+                console_socket=console_socket,
+                pid_file=pid_file,
+                no_pivot=no_pivot,
+                preserve_fds=preserve_fds,
+                keep_console=keep_console,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    def _create(
+        self,
+        container_id: str,
+        bundle: str,
+        *,
+        console_socket: str | None,
+        pid_file: str | None,
+        no_pivot: bool,
+        preserve_fds: int,
+        keep_console: bool,
+    ) -> Started:
+        from berth.linux import cgroups
+
+        cgroups.warm_up()
         spec.validate_id(container_id)
         bundle = os.path.abspath(bundle)
         config = spec.load(bundle)
@@ -231,8 +262,6 @@ class Runtime:
         cgroup = None
         child_pid = 0
         try:
-            from berth.linux import cgroups
-
             linux = config.get("linux") or {}
             cgroup = cgroups.Cgroup.for_container(linux.get("cgroupsPath"), container_id)
             cgroup.create()
@@ -347,7 +376,7 @@ class Runtime:
         if cgroup is not None:
             try:
                 cgroup.kill_all(signal.SIGKILL)
-                _wait_cgroup_empty(cgroup)
+                _wait_cgroup_empty(cgroup.paths())
                 cgroup.destroy()
             except BerthError as exc:
                 log.warning(f"cleanup of {container_id}: {exc}")
@@ -460,11 +489,15 @@ class Runtime:
                 os.kill(state.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # When the init of a pid namespace dies the kernel kills the rest of it, so a
+        # stopped container with its own pid namespace needs no cgroup-wide kill.
+        own_pid_ns = spec.namespaces(state.config).get("pid", "") is None
         if cgroup is not None:
-            cgroup.kill_all(signal.SIGKILL)
+            if status != STOPPED or not own_pid_ns:
+                cgroup.kill_all(signal.SIGKILL)
             if status == PAUSED:
                 cgroup.thaw()
-            _wait_cgroup_empty(cgroup)
+            _wait_cgroup_empty(state.cgroup_paths)
         _wait_dead(state)
         if cgroup is not None:
             cgroup.destroy()
@@ -492,6 +525,10 @@ class Runtime:
     ) -> int:
         """Run another process in a running container; returns its exit code."""
         state = self.store.load(container_id)
+        if state.cgroup_paths:
+            from berth.linux import cgroups
+
+            cgroups.warm_up()
         status = self.status(state)
         if status not in (RUNNING, CREATED):
             raise Conflict(f"cannot exec in container {container_id!r}: it is {status}")
@@ -637,9 +674,19 @@ def _read_fifo(fd: int, state: ContainerState) -> bytes:
             raise SystemFailure(f"container {state.id!r}: its init did not answer the start")
 
 
-def _wait_cgroup_empty(cgroup: Any, timeout: float = 10.0) -> None:
+def _cgroup_has_processes(paths: dict[str, str]) -> bool:
+    """Whether any process is left, from one hierarchy: they all hold the same ones."""
+    directory = paths.get("pids") or paths.get("freezer") or next(iter(paths.values()))
+    try:
+        with open(os.path.join(directory, "cgroup.procs"), "rb") as f:
+            return bool(f.read().strip())
+    except FileNotFoundError:
+        return False
+
+
+def _wait_cgroup_empty(paths: dict[str, str], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while cgroup.pids():
+    while _cgroup_has_processes(paths):
         if time.monotonic() > deadline:
             raise SystemFailure("processes of the container did not exit after SIGKILL")
         time.sleep(0.002)
