@@ -32,10 +32,14 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Literal
 
 from berth import log
 from berth.errors import SystemFailure
+
+# typing costs milliseconds to import on every container start: types only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal
 
 DEFAULT_ROOT = "/sys/fs/cgroup"
 

@@ -23,9 +23,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from typing import Any, Final, TypeGuard
 
 from berth.errors import ConfigError
+
+# typing costs milliseconds to import on every container start: types only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Final, TypeGuard
 
 __all__ = [
     "KNOWN_ACTIONS",

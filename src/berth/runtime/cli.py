@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
 
 from berth import __version__, log
 from berth.errors import BerthError, ConfigError, InvalidArgument
 from berth.runtime import spec
 from berth.runtime.flags import BOOL, INT, LIST, VALUE, Flag, Namespace, Verb, parse, usage
+
+# typing costs milliseconds to import on every container start: types only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _BUNDLE_FLAGS = [
     Flag("bundle,b", VALUE, ".", "the bundle directory (default: the current one)"),

@@ -14,13 +14,12 @@ runtime is used from a warm process (see DESIGN.md).
 
 from __future__ import annotations
 
+import _socket  # socket.py pulls in selectors and enum: milliseconds per start
 import array
 import json
 import os
 import signal
-import socket
 import time
-from typing import Any, NoReturn
 
 from berth import log
 from berth.errors import BerthError, ConfigError, Conflict, InvalidArgument, SystemFailure
@@ -34,23 +33,28 @@ from berth.runtime.state import (
     process_start_time,
 )
 
+# typing costs milliseconds to import on every container start: types only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
 CREATED, RUNNING, PAUSED, STOPPED = "created", "running", "paused", "stopped"
 _USERNS_WRITE_ORDER = ("uid_map", "gid_map")
 
 
-def _send(sock: socket.socket, message: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
+def _send(sock: _socket.socket, message: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
     data = json.dumps(message).encode()
     if fds:
-        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))])
     else:
         sock.send(data)
 
 
-def _recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+def _recv(sock: _socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     fds = array.array("i")
-    data, ancdata, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(4 * fds.itemsize))
+    data, ancdata, _, _ = sock.recvmsg(65536, _socket.CMSG_SPACE(4 * fds.itemsize))
     for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
     if not data:
         return None, list(fds)
@@ -81,7 +85,7 @@ def preload_for_child(config: dict[str, Any], proc: dict[str, Any] | None = None
         import subprocess  # noqa: F401
 
 
-def _child_fail(sock: socket.socket, exc: BaseException) -> NoReturn:
+def _child_fail(sock: _socket.socket, exc: BaseException) -> NoReturn:
     """Report an error from a forked child to the parent and leave, never returning.
 
     After the init has told the parent it is ready, the parent may be gone: then the
@@ -295,7 +299,7 @@ class Runtime:
                 state=state,
             )
             preload_for_child(config)
-            parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            parent_sock, child_sock = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
             child_pid = os.fork()
             if child_pid == 0:
                 parent_sock.close()
@@ -317,7 +321,7 @@ class Runtime:
 
     def _follow_create(
         self,
-        sock: socket.socket,
+        sock: _socket.socket,
         child_pid: int,
         init: _InitContext,
         console_socket: str | None,
@@ -539,7 +543,7 @@ class Runtime:
             sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         ctx = _ExecContext(state, proc, preserve_fds)
         preload_for_child(state.config, proc)
-        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent_sock, child_sock = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         child_pid = os.fork()
         if child_pid == 0:
             parent_sock.close()
@@ -791,7 +795,7 @@ class _InitContext:
         # init in while the init works (see Runtime._follow_create).
         self.joins_cgroup_itself = namespaces.get("cgroup", "") is None
 
-    def stage1(self, sock: socket.socket) -> NoReturn:
+    def stage1(self, sock: _socket.socket) -> NoReturn:
         try:
             if self.joins_cgroup_itself:
                 self.cgroup.join(0)
@@ -818,13 +822,13 @@ class _InitContext:
         except BaseException as exc:
             _child_fail(sock, exc)
 
-    def init(self, sock: socket.socket) -> NoReturn:
+    def init(self, sock: _socket.socket) -> NoReturn:
         try:
             self._init(sock)
         except BaseException as exc:
             _child_fail(sock, exc)
 
-    def _init(self, sock: socket.socket) -> NoReturn:
+    def _init(self, sock: _socket.socket) -> NoReturn:
         from berth.runtime.rootfs import RootfsBuilder
 
         os.setsid()
@@ -884,7 +888,7 @@ class _InitContext:
         process.exec_process(path, proc["args"], env, stub)
         os._exit(127)
 
-    def _console(self, sock: socket.socket, proc: dict[str, Any]) -> int | None:
+    def _console(self, sock: _socket.socket, proc: dict[str, Any]) -> int | None:
         if not proc.get("terminal"):
             return None
         from berth.runtime import console
@@ -938,7 +942,7 @@ class _ExecContext:
         self.proc = proc
         self.preserve_fds = preserve_fds
 
-    def stage1(self, sock: socket.socket) -> NoReturn:
+    def stage1(self, sock: _socket.socket) -> NoReturn:
         try:
             ours = spec.namespaces(self.state.config)
             targets: dict[str, str | None] = {}
@@ -956,7 +960,7 @@ class _ExecContext:
         except BaseException as exc:
             _child_fail(sock, exc)
 
-    def run(self, sock: socket.socket) -> NoReturn:
+    def run(self, sock: _socket.socket) -> NoReturn:
         try:
             proc = self.proc
             os.setsid()

@@ -9,9 +9,12 @@ stop at the first positional (so ``exec ID sh -c ...`` passes ``-c`` to sh).
 
 from __future__ import annotations
 
-from typing import Any
-
 from berth.errors import InvalidArgument
+
+# typing costs milliseconds to import on every container start: types only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # flag kinds
 BOOL, VALUE, INT, LIST = "bool", "value", "int", "list"

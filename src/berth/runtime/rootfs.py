@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any
 
 from berth.errors import ConfigError
 from berth.linux import syscalls as sc
+
+# typing costs milliseconds to import on every container start: types only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # option -> (set flags, clear flags)
 _MOUNT_FLAGS: dict[str, tuple[int, int]] = {
