@@ -239,3 +239,49 @@ def test_features_and_version(berth: RuntimeCLI) -> None:
     assert "SCMP_ACT_ERRNO" in features["linux"]["seccomp"]["actions"]
     assert "rbind" in features["mountOptions"]
     assert berth("--version", check=True).stdout.startswith("berth-runtime version")
+
+
+def test_rootfs_propagation_shared(runtime: RuntimeCLI, make_bundle) -> None:
+    bundle = make_bundle(["sh", "-c", "awk '$5 == \"/\"' /proc/self/mountinfo"])
+    bundle.linux["rootfsPropagation"] = "shared"
+    result = runtime.run(bundle)
+    if runtime.name == "runc":
+        return  # runc 1.1 fails pivot_root here; berth makes the rootfs's parent private
+    assert result.returncode == 0, result.stderr
+    assert "shared:" in result.stdout
+
+
+def test_fifo_and_u_devices(runtime: RuntimeCLI, make_bundle) -> None:
+    bundle = make_bundle([*SH, "ls -l /dev/myfifo /dev/mynull2 | cut -c1"])
+    bundle.linux["devices"] = [
+        {"path": "/dev/myfifo", "type": "p", "fileMode": 0o666},
+        {"path": "/dev/mynull2", "type": "u", "major": 1, "minor": 3, "fileMode": 0o666},
+    ]
+    assert runtime.run(bundle, check=True).stdout.split() == ["p", "c"]  # ls sorts by name
+
+
+def test_hostname_in_a_joined_uts_namespace(berth: RuntimeCLI, make_bundle) -> None:
+    first = _create(berth, make_bundle(["sleep", "60"]))
+    berth("start", first, check=True)
+    first_pid = berth.state(first)["pid"]
+    bundle = make_bundle(["hostname"])
+    bundle.config["hostname"] = "renamed"
+    for ns in bundle.linux["namespaces"]:
+        if ns["type"] == "uts":
+            ns["path"] = f"/proc/{first_pid}/ns/uts"
+    assert berth.run(bundle, check=True).stdout.strip() == "renamed"
+    assert berth("exec", first, "hostname", check=True).stdout.strip() == "renamed"
+
+
+def test_no_mount_namespace_uses_chroot_and_leaves_no_mount(berth: RuntimeCLI, make_bundle) -> None:
+    bundle = make_bundle([*SH, "ls /bin/busybox && cat /proc/self/cgroup | head -1"])
+    bundle.linux["namespaces"] = [{"type": "pid"}]
+    del bundle.linux["maskedPaths"], bundle.linux["readonlyPaths"]
+    bundle.config["root"]["readonly"] = False
+    bundle.config.pop("hostname")
+    with open("/proc/self/mountinfo") as f:
+        before = f.read().count("\n")
+    result = berth.run(bundle, check=True)
+    assert "/bin/busybox" in result.stdout
+    with open("/proc/self/mountinfo") as f:
+        assert f.read().count("\n") == before

@@ -316,7 +316,7 @@ class Runtime:
         except BaseException:
             if child_pid:
                 _reap_quietly(child_pid)
-            self._cleanup_failed(container_id, cgroup)
+            self._cleanup_failed(container_id, cgroup, config, rootfs)
             raise
 
     def _follow_create(
@@ -376,7 +376,9 @@ class Runtime:
             if ready and stage1_reaped:
                 return Started(state.pid, console_master)
 
-    def _cleanup_failed(self, container_id: str, cgroup: Any) -> None:
+    def _cleanup_failed(
+        self, container_id: str, cgroup: Any, config: Any = None, rootfs: str = ""
+    ) -> None:
         if cgroup is not None:
             try:
                 cgroup.kill_all(signal.SIGKILL)
@@ -384,6 +386,8 @@ class Runtime:
                 cgroup.destroy()
             except BerthError as exc:
                 log.warning(f"cleanup of {container_id}: {exc}")
+        if config is not None:
+            _detach_host_rootfs(config, rootfs)
         self.store.remove(container_id)
 
     # ---- start / run ----------------------------------------------------------------
@@ -505,6 +509,7 @@ class Runtime:
         _wait_dead(state)
         if cgroup is not None:
             cgroup.destroy()
+        _detach_host_rootfs(state.config, state.rootfs)
         self.store.remove(container_id)
         payload = hooks.state_payload(state.id, STOPPED, 0, state.bundle, state.annotations)
         hooks.run(state.config, "poststop", payload)
@@ -721,6 +726,16 @@ _ALLOWED_DEVICES = [
 ]
 
 
+def _detach_host_rootfs(config: dict[str, Any], rootfs: str) -> None:
+    """Without a mount namespace the init mounted in the host's: undo that."""
+    if "mount" in spec.namespaces(config) or not rootfs:
+        return
+    try:
+        sc.umount2(rootfs, sc.MNT_DETACH)
+    except OSError:
+        pass  # not mounted: the init failed before its bind mount
+
+
 def _with_default_devices(linux: dict[str, Any]) -> dict[str, Any]:
     """The spec's resources with runc's default device rules and linux.devices allowed."""
     resources = dict(linux.get("resources") or {})
@@ -730,10 +745,13 @@ def _with_default_devices(linux: dict[str, Any]) -> dict[str, Any]:
             {"allow": True, "type": kind, "major": major, "minor": minor, "access": access}
         )
     for dev in linux.get("devices") or []:
+        kind = dev.get("type", "c")
+        if kind == "p":
+            continue  # a FIFO: the devices cgroup knows only a, b and c
         rules.append(
             {
                 "allow": True,
-                "type": dev.get("type", "c"),
+                "type": "c" if kind == "u" else kind,
                 "major": dev.get("major"),
                 "minor": dev.get("minor"),
                 "access": "rwm",
@@ -843,6 +861,7 @@ class _InitContext:
             cgroup_paths=self.cgroup.paths(),
             cgroup_mode=self.cgroup_mode,
             in_userns="user" in self.namespaces,
+            mount_ns="mount" in self.namespaces,
         )
         builder.prepare()
         slave = self._console(sock, proc)
@@ -861,9 +880,9 @@ class _InitContext:
         for key, value in (linux.get("sysctl") or {}).items():
             _write_file("/proc/sys/" + key.replace(".", "/"), value)
         builder.finish()
-        if config.get("hostname") and self.namespaces.get("uts", "") is None:
+        if config.get("hostname") and "uts" in self.namespaces:
             sc.sethostname(config["hostname"])
-        if config.get("domainname") and self.namespaces.get("uts", "") is None:
+        if config.get("domainname") and "uts" in self.namespaces:
             sc.setdomainname(config["domainname"])
         env = process.build_env(proc)
         cwd = proc.get("cwd") or "/"
@@ -952,6 +971,8 @@ class _ExecContext:
                 if os.readlink(target) != os.readlink(f"/proc/self/ns/{proc_name}"):
                     targets[kind] = target
             join_namespaces(targets)
+            if "mount" not in ours:
+                os.chroot(f"/proc/{self.state.pid}/root")
             pid = os.fork()
             if pid == 0:
                 self.run(sock)

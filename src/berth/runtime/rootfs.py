@@ -7,6 +7,7 @@ hostile image cannot point a mount at the host's /etc.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -149,6 +150,24 @@ def _remount_bind(dest: str, flags: int) -> None:
         sc.mount(None, dest, None, flags | kept | sc.MS_BIND | sc.MS_REMOUNT)
 
 
+def _parent_mount_not_shared(path: str, propagation: int) -> None:
+    """Make the mount holding ``path`` private (slave if ``propagation`` is a slave one).
+
+    pivot_root(2) fails with EINVAL when new_root's parent mount is shared, and
+    a bind of the rootfs under a shared (or unbindable) parent would leak to the
+    host (or fail). EINVAL from mount(2) means "not a mount point": walk up.
+    """
+    flags = sc.MS_SLAVE if propagation & sc.MS_SLAVE else sc.MS_PRIVATE
+    while True:
+        try:
+            sc.mount(None, path, None, flags)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or path == "/":
+                raise
+        path = os.path.dirname(path)
+
+
 class RootfsBuilder:
     """Mounts, devices and the pivot, in the order runc does them."""
 
@@ -160,6 +179,7 @@ class RootfsBuilder:
         cgroup_paths: dict[str, str],
         cgroup_mode: str,
         in_userns: bool,
+        mount_ns: bool = True,
     ) -> None:
         self.rootfs = rootfs
         self.config = config
@@ -167,6 +187,7 @@ class RootfsBuilder:
         self.cgroup_paths = cgroup_paths
         self.cgroup_mode = cgroup_mode
         self.in_userns = in_userns
+        self.mount_ns = mount_ns  # False: no linux.namespaces "mount" entry at all
         self.dev_is_bind = False
 
     def prepare(self) -> None:
@@ -174,7 +195,20 @@ class RootfsBuilder:
         propagation = PROPAGATION_FLAGS.get(
             self.linux.get("rootfsPropagation") or "", sc.MS_SLAVE | sc.MS_REC
         )
+        if not self.mount_ns:
+            # The runtime's mount namespace (the host's): leave "/" alone. Bind the
+            # rootfs onto itself and make that private, so the spec's mounts below
+            # stay under one mount that `delete` detaches as a whole.
+            sc.mount(self.rootfs, self.rootfs, None, sc.MS_BIND | sc.MS_REC)
+            sc.mount(None, self.rootfs, None, sc.MS_PRIVATE | sc.MS_REC)
+            for mount in self.config.get("mounts") or []:
+                self.mount_one(mount)
+            if not self.dev_is_bind:
+                self.create_devices()
+                self.dev_symlinks()
+            return
         sc.mount(None, "/", None, propagation)
+        _parent_mount_not_shared(os.path.realpath(self.rootfs), propagation)
         sc.mount(self.rootfs, self.rootfs, None, sc.MS_BIND | sc.MS_REC)
         for mount in self.config.get("mounts") or []:
             self.mount_one(mount)
@@ -307,7 +341,9 @@ class RootfsBuilder:
 
     def pivot(self, no_pivot: bool) -> None:
         os.chdir(self.rootfs)
-        if no_pivot:
+        if not self.mount_ns:
+            os.chroot(".")  # no mount namespace: nothing to pivot (runc does the same)
+        elif no_pivot:
             sc.mount(self.rootfs, "/", None, sc.MS_MOVE)
             os.chroot(".")
         else:
@@ -317,6 +353,11 @@ class RootfsBuilder:
             sc.mount(None, ".", None, sc.MS_SLAVE | sc.MS_REC)
             sc.umount2(".", sc.MNT_DETACH)
         os.chdir("/")
+        # rootfsPropagation applies to the container's "/", which exists only now;
+        # private/slave were already set on the way in (runc >= 1.2 does the same).
+        propagation = PROPAGATION_FLAGS.get(self.linux.get("rootfsPropagation") or "", 0)
+        if self.mount_ns and propagation & (sc.MS_SHARED | sc.MS_UNBINDABLE):
+            sc.mount(None, "/", None, propagation)
 
     def finish(self) -> None:
         """After the pivot: readonly and masked paths, then a readonly root."""

@@ -296,18 +296,19 @@ def validate(config: dict[str, Any], bundle: str, *, need_process: bool = True) 
         raise ConfigError(f"unsupported ociVersion {version!r}: berth-runtime supports 1.x")
     rootfs_path(config, bundle)
     ns = namespaces(config)
-    if "mount" not in ns:
-        raise ConfigError("linux.namespaces must include a mount namespace")
     linux = config.get("linux") or {}
+    if "mount" not in ns and (linux.get("maskedPaths") or linux.get("readonlyPaths")):
+        # runc: "unable to restrict sys entries without a private MNT namespace"
+        raise ConfigError("linux.maskedPaths and readonlyPaths need a mount namespace")
     if "user" in ns and ns["user"] is None:
         if not linux.get("uidMappings") or not linux.get("gidMappings"):
             raise ConfigError("a new user namespace needs linux.uidMappings and linux.gidMappings")
     elif linux.get("uidMappings") or linux.get("gidMappings"):
         raise ConfigError("uid/gid mappings need a new user namespace in linux.namespaces")
-    if config.get("hostname") and ("uts" not in ns or ns["uts"] is not None):
-        raise ConfigError("hostname needs a new uts namespace in linux.namespaces")
-    if config.get("domainname") and ("uts" not in ns or ns["uts"] is not None):
-        raise ConfigError("domainname needs a new uts namespace in linux.namespaces")
+    if config.get("hostname") and "uts" not in ns:
+        raise ConfigError("hostname needs a uts namespace in linux.namespaces")
+    if config.get("domainname") and "uts" not in ns:
+        raise ConfigError("domainname needs a uts namespace in linux.namespaces")
     for mount in config.get("mounts") or []:
         dest = mount.get("destination", "")
         if not isinstance(dest, str) or not dest.startswith("/"):
