@@ -542,6 +542,7 @@ class Runtime:
         if status not in (RUNNING, CREATED):
             raise Conflict(f"cannot exec in container {container_id!r}: it is {status}")
         spec.validate_process(proc)
+        spec.check_security_labels(proc, {})
         if proc.get("terminal") and not console_socket and detach:
             raise ConfigError("a detached exec with a terminal needs --console-socket")
         if not detach:

@@ -96,6 +96,7 @@ def finalize(process: dict[str, Any], seccomp_config: dict[str, Any] | None) -> 
     """Drop to the process's user and privileges; seccomp loads last when NNP allows."""
     caps = process.get("capabilities")
     no_new_privs = bool(process.get("noNewPrivileges"))
+    set_exec_labels(process)
     if seccomp_config and not no_new_privs:
         # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it while we have it.
         _load_seccomp(seccomp_config)
@@ -119,6 +120,21 @@ def finalize(process: dict[str, Any], seccomp_config: dict[str, Any] | None) -> 
         _load_seccomp(seccomp_config)
     umask = user.get("umask")
     os.umask(int(umask) if umask is not None else 0o022)
+
+
+def set_exec_labels(process: dict[str, Any]) -> None:
+    """AppArmor profile and SELinux label for the next exec (validated as enabled)."""
+    profile = process.get("apparmorProfile")
+    if profile:
+        path = "/proc/self/attr/apparmor/exec"
+        if not os.path.exists(path):
+            path = "/proc/self/attr/exec"
+        with open(path, "w") as f:
+            f.write(f"exec {profile}")
+    label = process.get("selinuxLabel")
+    if label:
+        with open("/proc/self/attr/exec", "w") as f:
+            f.write(label)
 
 
 def _load_seccomp(config: dict[str, Any]) -> None:

@@ -327,6 +327,38 @@ def validate(config: dict[str, Any], bundle: str, *, need_process: bool = True) 
         if not isinstance(process, dict):
             raise ConfigError("config.json has no process")
         validate_process(process)
+        check_security_labels(process, linux)
+
+
+def apparmor_enabled() -> bool:
+    try:
+        with open("/sys/module/apparmor/parameters/enabled") as f:
+            return f.read().strip() == "Y"
+    except OSError:
+        return False
+
+
+def selinux_enabled() -> bool:
+    return os.path.exists("/sys/fs/selinux/enforce")
+
+
+def check_security_labels(process: dict[str, Any], linux: dict[str, Any]) -> None:
+    """A security label the host cannot apply is refused, never silently dropped."""
+    if process.get("apparmorProfile") and not apparmor_enabled():
+        raise ConfigError(
+            f"process.apparmorProfile {process['apparmorProfile']!r} is set but AppArmor is"
+            " not enabled on this host: remove it from config.json"
+        )
+    if process.get("selinuxLabel") and not selinux_enabled():
+        raise ConfigError(
+            f"process.selinuxLabel {process['selinuxLabel']!r} is set but SELinux is not"
+            " enabled on this host: remove it from config.json"
+        )
+    if linux.get("mountLabel") and not selinux_enabled():
+        raise ConfigError(
+            f"linux.mountLabel {linux['mountLabel']!r} is set but SELinux is not enabled"
+            " on this host: remove it from config.json"
+        )
 
 
 def validate_process(process: dict[str, Any]) -> None:
