@@ -338,3 +338,8 @@ def test_hooks_get_the_state_on_stdin(
     state = json.loads(out.read_text())
     assert state["bundle"] == str(bundle.path)
     assert state["id"].startswith("t-")
+
+
+def test_umask(runtime: RuntimeCLI, make_bundle) -> None:
+    bundle = make_bundle([*SH, "umask"], user={"uid": 0, "gid": 0, "umask": 0o077})
+    assert runtime.run(bundle, check=True).stdout.strip() == "0077"
