@@ -1,0 +1,1 @@
+"""Moving images between machines: the registry client (pull, push) and server."""
