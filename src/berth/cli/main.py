@@ -11,6 +11,8 @@ USAGE = """usage: berth [--version] COMMAND
 
 commands:
   runtime ARGS...   the OCI runtime (the same as berth-runtime ARGS...)
+  registry serve    an OCI distribution registry (berth registry serve --help)
+  registry gc       free blobs no manifest references
 """
 
 
@@ -26,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         from berth.runtime.cli import main as runtime_main
 
         return runtime_main(args[1:])
+    if args[0] == "registry":
+        from berth.cli.registry import main as registry_main
+
+        return registry_main(args[1:])
     print(f"berth: unknown command {args[0]!r}; see 'berth --help'", file=sys.stderr)
     return 2
 
