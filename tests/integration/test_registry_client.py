@@ -13,10 +13,8 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ import aiohttp
 import bcrypt
 import pytest
 from aiohttp import web
+from tests.registries import REGISTRY_BIN, free_port, start_registry, stop_registry
 from yarl import URL
 
 from berth.distribution.client import (
@@ -54,7 +53,6 @@ BUSYBOX = FIXTURES / "busybox-1.38-musl-oci"
 BUSYBOX_MANIFEST = "sha256:a34ce92094b7b100a98fbd21411a92825f6827b1bc5f6918c253516c90556998"
 BUSYBOX_CONFIG = "sha256:654fc8fd836e35f4a64586bddf8f59b9029b48cf80f520834c6c98ca8ab5def9"
 BUSYBOX_LAYER = "sha256:5c3b447848a98e48dce106cb3e6acbd4fb6f9b26ee778798137349ce01f4d3c1"
-REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 
 needs_busybox = pytest.mark.skipif(
     not BUSYBOX.is_dir(), reason=f"busybox OCI fixture not found at {BUSYBOX}"
@@ -70,71 +68,8 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-# --- the CNCF registry ------------------------------------------------------------------
-
-
-@dataclass
-class CNCFRegistry:
-    host: str
-    process: subprocess.Popen[bytes]
-
-
-def start_registry(root: Path, htpasswd: Path | None = None) -> CNCFRegistry:
-    port = free_port()
-    root.mkdir(parents=True, exist_ok=True)
-    config = [
-        "version: 0.1",
-        "log:",
-        "  level: error",
-        "storage:",
-        "  filesystem:",
-        f"    rootdirectory: {root / 'data'}",
-        "  delete:",
-        "    enabled: true",
-        "http:",
-        f"  addr: 127.0.0.1:{port}",
-    ]
-    if htpasswd is not None:
-        config += ["auth:", "  htpasswd:", "    realm: basic-realm", f"    path: {htpasswd}"]
-    (root / "config.yml").write_text("\n".join(config) + "\n")
-    log = open(root / "registry.log", "wb")  # noqa: SIM115 - the child keeps writing to it
-    process = subprocess.Popen(
-        [REGISTRY_BIN, "serve", str(root / "config.yml")], stdout=log, stderr=log
-    )
-    log.close()
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                process.wait()
-                raise RuntimeError(
-                    "docker-registry did not start: " + (root / "registry.log").read_text()
-                ) from None
-            time.sleep(0.05)
-    return CNCFRegistry(f"127.0.0.1:{port}", process)
-
-
-def stop_registry(registry: CNCFRegistry) -> None:
-    registry.process.terminate()
-    try:
-        registry.process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        registry.process.kill()
-        registry.process.wait()
 
 
 @pytest.fixture(scope="module")

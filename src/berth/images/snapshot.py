@@ -23,6 +23,7 @@ import sqlite3
 import time
 
 from berth.errors import Conflict, NotFound, SystemFailure
+from berth.images.db import ThreadLocalDB
 from berth.linux import syscalls as sc
 
 TYPE_CHECKING = False
@@ -90,13 +91,14 @@ class Snapshotter:
     def __init__(self, root: str) -> None:
         self.root = root
         os.makedirs(os.path.join(root, "snapshots"), mode=0o700, exist_ok=True)
-        self._db = sqlite3.connect(os.path.join(root, "metadata.db"), isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        self._meta = ThreadLocalDB(os.path.join(root, "metadata.db"), _SCHEMA)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        return self._meta.connection()
 
     def close(self) -> None:
-        self._db.close()
+        self._meta.close()
 
     # ---- queries ------------------------------------------------------------------
 
@@ -212,16 +214,32 @@ class Snapshotter:
             )
         ]
 
-    def commit(self, name: str, key: str, labels: dict[str, str] | None = None) -> None:
-        """Turn the active snapshot ``key`` into the committed, immutable ``name``."""
+    def commit(
+        self,
+        name: str,
+        key: str,
+        labels: dict[str, str] | None = None,
+        *,
+        parent: str | None = None,
+    ) -> None:
+        """Turn the active snapshot ``key`` into the committed, immutable ``name``.
+
+        ``parent`` re-parents a snapshot prepared without one: layers of a pull are
+        unpacked side by side as they arrive and chained in order at commit time
+        (a layer's content never depends on its parent's).
+        """
         info = self.stat(key)
         if info.kind != ACTIVE:
             raise Conflict(f"snapshot {key!r} is not active and cannot be committed")
+        if parent is not None:
+            if info.parent is not None and info.parent != parent:
+                raise Conflict(f"snapshot {key!r} already has the parent {info.parent!r}")
+            self._chain(parent)
         merged = {**info.labels, **(labels or {})}
         try:
             self._db.execute(
-                "UPDATE snapshots SET key = ?, kind = ?, labels = ? WHERE id = ?",
-                (name, COMMITTED, json.dumps(merged), info.id),
+                "UPDATE snapshots SET key = ?, kind = ?, labels = ?, parent = ? WHERE id = ?",
+                (name, COMMITTED, json.dumps(merged), parent or info.parent, info.id),
             )
         except sqlite3.IntegrityError:
             raise Conflict(f"snapshot {name!r} already exists") from None

@@ -18,6 +18,7 @@ import uuid
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound
 from berth.images import manifest as mf
 from berth.images.content import ContentStore
+from berth.images.db import ThreadLocalDB
 from berth.images.reference import parse as parse_reference
 from berth.images.snapshot import ACTIVE, Snapshotter
 
@@ -115,13 +116,14 @@ class ImageStore:
         os.makedirs(root, mode=0o700, exist_ok=True)
         self.content = ContentStore(os.path.join(root, "content"))
         self.snapshots = Snapshotter(os.path.join(root, "snapshots"))
-        self._db = sqlite3.connect(os.path.join(root, "images.db"), isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        self._meta = ThreadLocalDB(os.path.join(root, "images.db"), _SCHEMA)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        return self._meta.connection()
 
     def close(self) -> None:
-        self._db.close()
+        self._meta.close()
         self.snapshots.close()
 
     # ---- adding ---------------------------------------------------------------------
@@ -174,42 +176,83 @@ class ImageStore:
         return self.get(image_id)
 
     def unpack(self, image: Image, on_layer: Callable[[int], None] | None = None) -> str | None:
-        """Unpack every layer not yet a snapshot; returns the top ChainID.
+        """Unpack every layer not yet a snapshot; returns the top ChainID."""
+        extracted: dict[str, tuple[str, str]] = {}
+        try:
+            for index, (layer, chain_id) in enumerate(
+                zip(image.layers, image.chain_ids, strict=True)
+            ):
+                if not self.snapshots.exists(chain_id) and layer.digest not in extracted:
+                    extracted[layer.digest] = self.extract(layer.digest)
+                if on_layer is not None:
+                    on_layer(index)
+            return self.adopt(image, extracted)
+        except BaseException:
+            self.discard(extracted)
+            raise
 
-        Each layer's uncompressed stream is hashed while it is applied and must match
-        the diff ID in the config, or the snapshot is thrown away.
+    def extract(self, layer_digest: str) -> tuple[str, str]:
+        """Unpack one layer blob into a new parentless active snapshot.
+
+        Returns (snapshot key, diff ID): the uncompressed stream is hashed while it is
+        applied, so ``adopt`` can check it against the image config. Layers of one
+        image can be extracted in parallel, as their blobs arrive.
         """
         from berth.images.layer import apply_layer, open_layer_stream
 
+        key = f"extract-{uuid.uuid4().hex}"
+        self.snapshots.prepare(key, None, labels={"berth.layer": layer_digest})
+        try:
+            with self.content.open(layer_digest) as blob:
+                reader = _HashingReader(open_layer_stream(blob))
+                apply_layer(reader, self.snapshots.fs_path(key))  # type: ignore[arg-type]
+                reader.drain()
+        except BaseException:
+            self.snapshots.remove(key)
+            raise
+        return key, "sha256:" + reader.hash.hexdigest()
+
+    def adopt(self, image: Image, extracted: dict[str, tuple[str, str]]) -> str | None:
+        """Chain extracted layers into committed snapshots named by ChainID, in order.
+
+        A layer whose ChainID already exists keeps the existing snapshot; one whose
+        diff ID does not match the config is refused and every extraction discarded.
+        """
         parent: str | None = None
-        for index, (layer, chain_id, diff_id) in enumerate(
-            zip(image.layers, image.chain_ids, image.config.diff_ids, strict=True)
-        ):
-            if not self.snapshots.exists(chain_id):
-                key = f"extract-{uuid.uuid4().hex}"
-                self.snapshots.prepare(key, parent, labels={"berth.layer": layer.digest})
-                try:
-                    with self.content.open(layer.digest) as blob:
-                        reader = _HashingReader(open_layer_stream(blob))
-                        apply_layer(reader, self.snapshots.fs_path(key))  # type: ignore[arg-type]
-                        reader.drain()
-                    got = "sha256:" + reader.hash.hexdigest()
+        used: set[str] = set()
+        try:
+            for layer, chain_id, diff_id in zip(
+                image.layers, image.chain_ids, image.config.diff_ids, strict=True
+            ):
+                if not self.snapshots.exists(chain_id):
+                    if layer.digest not in extracted or extracted[layer.digest][0] in used:
+                        extracted[layer.digest] = self.extract(layer.digest)
+                    key, got = extracted[layer.digest]
                     if got != diff_id:
                         raise LayerMismatch(
                             f"layer {layer.digest} unpacks to {got}, but its image says {diff_id}"
                         )
                     try:
-                        self.snapshots.commit(chain_id, key)
-                    except Conflict:  # unpacked meanwhile by someone else: keep theirs
-                        self.snapshots.remove(key)
-                except BaseException:
-                    if self.snapshots.exists(key):
-                        self.snapshots.remove(key)
-                    raise
-            if on_layer is not None:
-                on_layer(index)
-            parent = chain_id
+                        self.snapshots.commit(chain_id, key, parent=parent)
+                        used.add(key)
+                    except Conflict:  # committed meanwhile by someone else: keep theirs
+                        pass
+                parent = chain_id
+        finally:
+            self.discard({d: v for d, v in extracted.items() if v[0] not in used})
         return parent
+
+    def discard(self, extracted: dict[str, tuple[str, str]]) -> None:
+        for key, _ in extracted.values():
+            if self.snapshots.exists(key) and self.snapshots.stat(key).kind == ACTIVE:
+                self.snapshots.remove(key)
+
+    def has_layer(self, layer_digest: str) -> bool:
+        """Whether some committed snapshot holds this layer (worth no new extraction)."""
+        return any(
+            s.kind == "committed" and s.labels.get("berth.layer") == layer_digest
+            for s in self.snapshots.walk()
+        )
 
     # ---- reading --------------------------------------------------------------------
 
