@@ -43,6 +43,13 @@ def _cgroup_dirs() -> set[str]:
     return found
 
 
+def _test_mounts() -> set[str]:
+    """Mount points in this namespace under the places tests and Berth work in."""
+    with open("/proc/self/mountinfo") as f:
+        points = {line.split()[4] for line in f}
+    return {p for p in points if p.startswith(("/tmp/", "/run/berth", "/var/lib/berth"))}
+
+
 def _test_processes() -> set[int]:
     """Processes whose root is inside pytest's temporary folders (container inits)."""
     pids = set()
@@ -62,19 +69,17 @@ def _nothing_leaks() -> Iterator[None]:
         yield
         return
     cgroups_before = _cgroup_dirs()
-    with open("/proc/self/mountinfo") as f:
-        mounts_before = f.read().count("\n")
+    mounts_before = _test_mounts()
     yield
     leaked_cgroups = sorted(
         path
         for path in _cgroup_dirs() - cgroups_before
         if os.path.basename(path) in CREATED_IDS or "berth-test-" in path
     )
-    with open("/proc/self/mountinfo") as f:
-        mounts_after = f.read().count("\n")
+    leaked_mounts = sorted(_test_mounts() - mounts_before)
     processes = _test_processes()
     assert not leaked_cgroups, f"cgroups left behind: {leaked_cgroups[:10]}"
-    assert mounts_after == mounts_before, "mounts left behind in the host namespace"
+    assert not leaked_mounts, f"mounts left behind in the host namespace: {leaked_mounts[:10]}"
     assert not processes, f"container processes left behind: {sorted(processes)}"
 
 
