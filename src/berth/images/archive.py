@@ -38,13 +38,13 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, Self, cast
 from berth.errors import BerthError, InvalidArgument, NotFound, SystemFailure
 from berth.images import manifest as mf
 from berth.images.content import DigestMismatch, digest_bytes, parse_digest
-from berth.images.layer import LayerError, open_layer_stream
+from berth.images.layer import LayerError, PrefixedStream, open_layer_stream
 from berth.images.reference import DIGEST_HEX_LENGTHS, InvalidReference
 from berth.images.reference import parse as parse_reference
 from berth.images.store import Image, ImageStore, LayerMismatch
 
 if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer, WriteableBuffer
+    from _typeshed import ReadableBuffer
 
 __all__ = [
     "InvalidArchive",
@@ -79,28 +79,6 @@ class InvalidArchive(InvalidArgument):
 # --------------------------------------------------------------------------- small helpers
 
 
-class _Prefixed(io.RawIOBase):
-    """Bytes already read while sniffing, then the rest of the stream (pipes cannot seek)."""
-
-    def __init__(self, prefix: bytes, rest: BinaryIO) -> None:
-        self._prefix = prefix
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        view = memoryview(buffer).cast("B")
-        if self._prefix:
-            n = min(len(view), len(self._prefix))
-            view[:n] = self._prefix[:n]
-            self._prefix = self._prefix[n:]
-            return n
-        data = self._rest.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-
 def _decompressed(inp: BinaryIO) -> BinaryIO:
     """The archive's tar stream: ``docker load`` takes gzip, bzip2, xz, zstd or plain."""
     head = b""
@@ -109,7 +87,7 @@ def _decompressed(inp: BinaryIO) -> BinaryIO:
         if not chunk:
             break
         head += chunk
-    stream = cast(BinaryIO, io.BufferedReader(_Prefixed(head, inp), _CHUNK))
+    stream = cast(BinaryIO, io.BufferedReader(PrefixedStream(head, inp), _CHUNK))
     if head.startswith(_BZ2_MAGIC):
         return cast(BinaryIO, bz2.BZ2File(stream))
     if head.startswith(_XZ_MAGIC):

@@ -109,7 +109,7 @@ def _reason(error: BaseException) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-class _Prefixed(io.RawIOBase):
+class PrefixedStream(io.RawIOBase):
     """Bytes already read while sniffing, then the rest of the stream (for pipes)."""
 
     def __init__(self, prefix: bytes, rest: BinaryIO) -> None:
@@ -154,7 +154,7 @@ def _sniff(fileobj: BinaryIO) -> tuple[bytes, BinaryIO]:
     if seekable:
         fileobj.seek(-len(head), io.SEEK_CUR)
         return head, fileobj
-    return head, cast(BinaryIO, io.BufferedReader(_Prefixed(head, fileobj), _BUFFER))
+    return head, cast(BinaryIO, io.BufferedReader(PrefixedStream(head, fileobj), _BUFFER))
 
 
 def open_layer_stream(fileobj: BinaryIO) -> BinaryIO:
