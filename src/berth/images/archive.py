@@ -997,19 +997,8 @@ def import_rootfs(
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         }
     )
-    config_bytes = mf.ImageConfig(config).to_bytes()
-    config_digest = store.content.put(config_bytes)
-    manifest = mf.Manifest(
-        mf.OCI_MANIFEST,
-        mf.Descriptor(mf.OCI_CONFIG, config_digest, len(config_bytes)),
-        [mf.Descriptor(mf.OCI_LAYER_GZIP, layer_digest, layer_size)],
-    )
-    manifest_digest = store.content.put(mf.manifest_bytes(manifest))
-    names = [name] if name else []
-    parsed = mf.ImageConfig.parse(config_bytes)
-    image = Image(config_digest, names, manifest_digest, manifest, parsed, None, time.time())
+    layers = [mf.Descriptor(mf.OCI_LAYER_GZIP, layer_digest, layer_size)]
     try:
-        store.unpack(image)
+        return store.create_image(config, layers, [name] if name else [])
     except BerthError as e:
         raise InvalidArgument(f"cannot import {source}: not a valid rootfs tarball ({e})") from e
-    return store.add(manifest_digest, names=names)

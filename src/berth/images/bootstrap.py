@@ -175,18 +175,8 @@ def _one_layer_image(
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         }
     )
-    parsed = mf.ImageConfig(config)
-    config_bytes = parsed.to_bytes()
-    config_digest = store.content.put(config_bytes)
-    manifest = mf.Manifest(
-        mf.OCI_MANIFEST,
-        mf.Descriptor(mf.OCI_CONFIG, config_digest, len(config_bytes)),
-        [mf.Descriptor(mf.OCI_LAYER_GZIP, digest, size)],
-    )
-    manifest_digest = store.content.put(mf.manifest_bytes(manifest))
-    names = [name] if name else []
-    store.unpack(Image(config_digest, names, manifest_digest, manifest, parsed, None, time.time()))
-    return store.add(manifest_digest, names=names)
+    layers = [mf.Descriptor(mf.OCI_LAYER_GZIP, digest, size)]
+    return store.create_image(config, layers, [name] if name else [])
 
 
 def _tar_into_store(store: ImageStore, rootfs: str, epoch: int) -> tuple[str, str, int]:

@@ -175,6 +175,25 @@ class ImageStore:
                 )
         return self.get(image_id)
 
+    def create_image(
+        self, config: dict[str, object], layers: list[mf.Descriptor], names: list[str]
+    ) -> Image:
+        """Write the config and an OCI manifest for layers already in the content
+        store, unpack them, and only then record the image (import, bootstrap, build)."""
+        parsed = mf.ImageConfig(config)
+        config_bytes = parsed.to_bytes()
+        config_digest = self.content.put(config_bytes)
+        manifest = mf.Manifest(
+            mf.OCI_MANIFEST,
+            mf.Descriptor(mf.OCI_CONFIG, config_digest, len(config_bytes)),
+            layers,
+        )
+        manifest_digest = self.content.put(mf.manifest_bytes(manifest))
+        self.unpack(
+            Image(config_digest, names, manifest_digest, manifest, parsed, None, time.time())
+        )
+        return self.add(manifest_digest, names=names)
+
     def unpack(self, image: Image, on_layer: Callable[[int], None] | None = None) -> str | None:
         """Unpack every layer not yet a snapshot; returns the top ChainID."""
         extracted: dict[str, tuple[str, str]] = {}
