@@ -327,7 +327,8 @@ def _remove_work(path: str) -> None:
     for target in _mounts_under(os.path.realpath(path)):
         with contextlib.suppress(OSError):
             sc.umount2(target, sc.MNT_DETACH)
-    shutil.rmtree(path, ignore_errors=True)
+    # --one-file-system: never delete through a mount that refused to go away
+    subprocess.run(["rm", "-rf", "--one-file-system", "--", path], check=False)
 
 
 def _release_epoch(rootfs: str) -> int | None:
@@ -507,7 +508,10 @@ def _build_debian(
     work = tempfile.mkdtemp(prefix=".debootstrap-", dir=cache_dir)
     try:
         rootfs = os.path.join(work, "rootfs")
-        command = ["debootstrap", "--variant=minbase", f"--arch={arch}"]
+        # In a private mount namespace: the /proc and /sys debootstrap mounts in the
+        # target vanish with it, and can never be left behind in the host's.
+        command = ["unshare", "--mount", "--propagation", "private"]
+        command += ["debootstrap", "--variant=minbase", f"--arch={arch}"]
         if include:
             command.append("--include=" + ",".join(include))
         command += [suite, rootfs, mirror]
