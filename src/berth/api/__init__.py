@@ -1,0 +1,1 @@
+"""The Engine API server: routes, stream framing, connection hijacking, errors -> HTTP."""

@@ -1,0 +1,195 @@
+"""Container routes: create, start, stop, kill, wait, remove, inspect, list, logs, attach."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+from aiohttp import web
+
+from berth.api.hijack import MULTIPLEXED_STREAM, RAW_STREAM, STDERR, STDOUT, frame, hijack
+from berth.api.server import (
+    add,
+    json_body,
+    qbool,
+    qfilters,
+    qint,
+    services,
+    with_headers,
+)
+from berth.errors import InvalidArgument
+
+
+def _id(request: web.Request) -> str:
+    return request.match_info["id"]
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    body = await json_body(request)
+    container_id, warnings = services(request).containers.create(body, request.query.get("name"))
+    # Warnings stay in inspect: the CLI would print them on every run.
+    del warnings
+    return web.json_response({"Id": container_id, "Warnings": []}, status=201)
+
+
+async def start(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    await services(request).containers.start(_id(request))
+    return web.Response(status=204)
+
+
+async def stop(request: web.Request) -> web.StreamResponse:
+    await services(request).containers.stop(
+        _id(request), qint(request, "t"), request.query.get("signal") or None
+    )
+    return web.Response(status=204)
+
+
+async def kill(request: web.Request) -> web.StreamResponse:
+    await services(request).containers.kill(_id(request), request.query.get("signal"))
+    return web.Response(status=204)
+
+
+async def wait(request: web.Request) -> web.StreamResponse:
+    future = await services(request).containers.wait(
+        _id(request), request.query.get("condition", "not-running")
+    )
+    response = with_headers(web.StreamResponse(headers={"Content-Type": "application/json"}))
+    await response.prepare(request)  # the waiter is registered: tell the client now
+    code = await future
+    with contextlib.suppress(ConnectionError, OSError):  # the client went away meanwhile
+        await response.write(json.dumps({"Error": None, "StatusCode": code}).encode() + b"\n")
+        await response.write_eof()
+    return response
+
+
+async def remove(request: web.Request) -> web.StreamResponse:
+    if qbool(request, "link"):
+        raise InvalidArgument("links are not supported")
+    await services(request).containers.remove(_id(request), force=qbool(request, "force"))
+    return web.Response(status=204)
+
+
+async def inspect(request: web.Request) -> web.StreamResponse:
+    return web.json_response(services(request).containers.inspect(_id(request)))
+
+
+async def list_containers(request: web.Request) -> web.StreamResponse:
+    limit = qint(request, "limit")
+    result = services(request).containers.list(
+        all=qbool(request, "all"), filters=qfilters(request), limit=limit if limit else -1
+    )
+    return web.json_response(result)
+
+
+async def resize(request: web.Request) -> web.StreamResponse:
+    container = services(request).containers.get(_id(request))
+    with contextlib.suppress(Exception):
+        await services(request).containers.monitor.call(
+            {
+                "op": "resize",
+                "id": container.id,
+                "h": qint(request, "h") or 24,
+                "w": qint(request, "w") or 80,
+            }
+        )
+    return web.Response(status=200)
+
+
+def _since(value: str | None) -> float:
+    if not value:
+        return 0.0
+    try:
+        return float(value)
+    except ValueError:
+        raise InvalidArgument(f"invalid time {value!r}: give seconds since the epoch") from None
+
+
+async def logs(request: web.Request) -> web.StreamResponse:
+    service = services(request).containers
+    container = service.get(_id(request))
+    want_out, want_err = qbool(request, "stdout"), qbool(request, "stderr")
+    if not (want_out or want_err):
+        raise InvalidArgument("you must choose at least one stream")
+    tty = container.spec.tty
+    timestamps = qbool(request, "timestamps")
+    entries = service.logs(
+        container.id,
+        follow=qbool(request, "follow"),
+        tail=request.query.get("tail", "all"),
+        since=_since(request.query.get("since")),
+        until=_since(request.query.get("until")),
+    )
+    response = with_headers(
+        web.StreamResponse(headers={"Content-Type": RAW_STREAM if tty else MULTIPLEXED_STREAM})
+    )
+    await response.prepare(request)
+    async for stream, text, stamp in entries:
+        if (stream == "stdout" and not want_out) or (stream == "stderr" and not want_err):
+            continue
+        data = ((stamp + " ") if timestamps else "") + text
+        raw = data.encode()
+        try:
+            await response.write(
+                raw if tty else frame(STDOUT if stream == "stdout" else STDERR, raw)
+            )
+        except (ConnectionError, OSError):
+            break
+    with contextlib.suppress(ConnectionError, OSError):
+        await response.write_eof()
+    return response
+
+
+async def attach(request: web.Request) -> web.StreamResponse:
+    service = services(request).containers
+    container, m_reader, m_writer = await service.attach(
+        _id(request),
+        stdin=qbool(request, "stdin"),
+        stdout=qbool(request, "stdout"),
+        stderr=qbool(request, "stderr"),
+    )
+    try:
+        client = await hijack(request, RAW_STREAM if container.spec.tty else MULTIPLEXED_STREAM)
+    except BaseException:
+        m_writer.close()
+        raise
+
+    async def upstream() -> None:
+        """The client's stdin to the monitor; the client's EOF is passed on."""
+        try:
+            while data := await client.reader.read(65536):
+                m_writer.write(data)
+                await m_writer.drain()
+            if m_writer.can_write_eof():
+                m_writer.write_eof()
+        except (ConnectionError, OSError):
+            pass
+
+    up = asyncio.create_task(upstream())
+    try:
+        while data := await m_reader.read(65536):
+            if not await client.write(data):
+                break
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        up.cancel()
+        await asyncio.gather(up, return_exceptions=True)
+        m_writer.close()
+        client.close()
+    return client.response
+
+
+def register(app: web.Application) -> None:
+    add(app, "POST", "/containers/create", create)
+    add(app, "GET", "/containers/json", list_containers)
+    add(app, "GET", "/containers/{id}/json", inspect)
+    add(app, "POST", "/containers/{id}/start", start)
+    add(app, "POST", "/containers/{id}/stop", stop)
+    add(app, "POST", "/containers/{id}/kill", kill)
+    add(app, "POST", "/containers/{id}/wait", wait)
+    add(app, "POST", "/containers/{id}/resize", resize)
+    add(app, "POST", "/containers/{id}/attach", attach)
+    add(app, "GET", "/containers/{id}/logs", logs)
+    add(app, "DELETE", "/containers/{id}", remove)

@@ -1,0 +1,1 @@
+"""The daemon's services and their state: containers, images, system; the monitor."""

@@ -1,0 +1,891 @@
+"""The container service: lifecycle, wait, logs, attach, inspect and list.
+
+The lifecycle is an explicit state machine (``created -> running -> exited ->
+running ... -> removed``); a request that does not fit the state is refused with
+Conflict. Process work goes through the monitor (``monitor.py``); the rootfs is an
+overlay mount of the container's snapshot at ``<exec-root>/containers/<id>/rootfs``,
+made in the daemon's mount namespace and undone on removal and at daemon stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from berth.engine import jsonlog, specgen
+from berth.engine.monitor_client import MonitorClient
+from berth.engine.state import EngineDB
+from berth.errors import BerthError, Conflict, InvalidArgument, NotFound, SystemFailure
+from berth.images.store import ImageStore
+
+CREATED, RUNNING, EXITED, REMOVING = "created", "running", "exited", "removing"
+ZERO_TIME = "0001-01-01T00:00:00Z"
+_NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+_ADJECTIVES_TEXT = (
+    "admiring adoring agitated amazing angry awesome bold brave busy clever cool"
+    " dazzling eager ecstatic elegant epic focused frosty gallant happy hopeful jolly"
+    " keen kind laughing loving modest nice optimistic peaceful practical quirky"
+    " relaxed serene sharp stoic sweet tender trusting vibrant wizardly youthful"
+    " zealous"
+)
+_NAMES_TEXT = (
+    "albattani allen archimedes babbage bell bohr curie darwin dijkstra einstein"
+    " euler fermat feynman galileo gauss hopper hypatia kepler knuth lamport lovelace"
+    " maxwell mendel newton noether pascal planck ritchie shannon thompson torvalds"
+    " turing wozniak"
+)
+_ADJECTIVES = _ADJECTIVES_TEXT.split()
+_NAMES = _NAMES_TEXT.split()
+
+
+class NotModified(BerthError):
+    """The container is already in the asked state (HTTP 304)."""
+
+
+def _now() -> str:
+    return jsonlog.rfc3339nano()
+
+
+def _epoch(stamp: str) -> float:
+    """Seconds since the epoch of an RFC 3339 UTC time as Berth writes them."""
+    if not stamp or stamp.startswith("0001-"):
+        return 0.0
+    base, _, frac = stamp.rstrip("Z").partition(".")
+    seconds = time.mktime(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    return seconds + (float("0." + frac) if frac else 0.0)
+
+
+def human_duration(seconds: float) -> str:
+    """Go's units.HumanDuration, which ``docker ps`` shows."""
+    if seconds < 1:
+        return "Less than a second"
+    if seconds < 2:
+        return "1 second"
+    if seconds < 60:
+        return f"{int(seconds)} seconds"
+    minutes = int(seconds / 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = int(seconds / 3600 + 0.5)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{hours // 24 // 365} years"
+
+
+class Container:
+    """A container's record as stored (a dict underneath, for the JSON column)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    @property
+    def id(self) -> str:
+        return str(self.data["Id"])
+
+    @property
+    def name(self) -> str:
+        return str(self.data["Name"])
+
+    @property
+    def spec(self) -> specgen.ContainerSpec:
+        return specgen.ContainerSpec.from_dict(self.data["Spec"])
+
+    @property
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = self.data["State"]
+        return state
+
+    @property
+    def status(self) -> str:
+        return str(self.state["Status"])
+
+
+class ContainerService:
+    def __init__(self, root: str, exec_root: str, images: ImageStore) -> None:
+        self.root = root
+        self.exec_root = exec_root
+        self.images = images
+        self.db = EngineDB(root)
+        self.monitor = MonitorClient(exec_root)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiters: dict[str, list[tuple[str, asyncio.Future[int]]]] = {}
+        self._events_task: asyncio.Task[None] | None = None
+        for folder in (os.path.join(root, "containers"), os.path.join(exec_root, "containers")):
+            os.makedirs(folder, mode=0o711, exist_ok=True)
+
+    # ---- paths ------------------------------------------------------------------------
+
+    def state_dir(self, container_id: str) -> str:
+        return os.path.join(self.root, "containers", container_id)
+
+    def bundle(self, container_id: str) -> str:
+        return os.path.join(self.exec_root, "containers", container_id)
+
+    def rootfs(self, container_id: str) -> str:
+        return os.path.join(self.bundle(container_id), "rootfs")
+
+    def log_path(self, container_id: str) -> str:
+        return os.path.join(self.state_dir(container_id), f"{container_id}-json.log")
+
+    def exit_path(self, container_id: str) -> str:
+        return os.path.join(self.state_dir(container_id), "exit.json")
+
+    # ---- daemon start and stop --------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Find or start the monitor, follow its exits, and catch up on missed ones."""
+        await self.monitor.ensure()
+        reader, writer = await self.monitor.stream({"op": "events"})
+        self._events_task = asyncio.create_task(self._follow_events(reader, writer))
+        known = (await self.monitor.call({"op": "list"}))["containers"]
+        for record in self.db.all():
+            container = Container(record)
+            if container.status != RUNNING:
+                continue
+            exit_file = self.exit_path(container.id)
+            if os.path.exists(exit_file):
+                await self._apply_exit_file(container.id)
+            elif container.id not in known:
+                await self._on_exit(container.id, 255, _now(), "the monitor lost the container")
+
+    async def shutdown(self) -> None:
+        """Stop following events and unmount every rootfs; containers keep running."""
+        if self._events_task is not None:
+            self._events_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._events_task
+        for record in self.db.all():
+            self._unmount(record["Id"])
+        self.db.close()
+
+    async def _follow_events(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        while True:
+            try:
+                while line := await reader.readline():
+                    event = json.loads(line)
+                    if event.get("event") == "exit":
+                        await self._apply_exit_file(event["id"], event)
+            except (OSError, ValueError) as exc:
+                print(f"berthd: monitor events: {exc}", flush=True)
+            finally:
+                writer.close()
+            print("berthd: lost the monitor's event stream; reconnecting", flush=True)
+            while True:
+                await asyncio.sleep(1)
+                try:
+                    await self.monitor.ensure()
+                    reader, writer = await self.monitor.stream({"op": "events"})
+                    break
+                except (OSError, BerthError):
+                    continue
+
+    async def _apply_exit_file(
+        self, container_id: str, event: dict[str, Any] | None = None
+    ) -> None:
+        path = self.exit_path(container_id)
+        data = event
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            pass
+        if data is None:
+            return
+        await self._on_exit(container_id, int(data.get("ExitCode", 255)), data.get("FinishedAt"))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    async def _on_exit(
+        self, container_id: str, code: int, finished: str | None, error: str = ""
+    ) -> None:
+        async with self._lock(container_id):
+            record = self.db.get(container_id)
+            if record is None:
+                return
+            container = Container(record)
+            if container.status != RUNNING:
+                return
+            container.state.update(
+                Status=EXITED,
+                Running=False,
+                Pid=0,
+                ExitCode=code,
+                Error=error,
+                FinishedAt=finished or _now(),
+            )
+            self.db.update(container_id, container.data)
+            self._resolve(container_id, ("not-running", "next-exit"), code)
+            auto_remove = container.spec.auto_remove
+        if auto_remove:
+            try:
+                await self.remove(container_id, force=True)
+            except BerthError as exc:
+                print(f"berthd: auto-remove of {container_id[:12]}: {exc}", flush=True)
+
+    # ---- lookup ---------------------------------------------------------------------------
+
+    def _lock(self, container_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(container_id, asyncio.Lock())
+
+    def get(self, ref: str) -> Container:
+        ids = self.db.find(ref)
+        if not ids:
+            raise NotFound(f"No such container: {ref}")
+        if len(ids) > 1:
+            raise InvalidArgument(f"multiple IDs found with provided prefix: {ref}")
+        record = self.db.get(ids[0])
+        if record is None:
+            raise NotFound(f"No such container: {ref}")
+        return Container(record)
+
+    # ---- create ---------------------------------------------------------------------------
+
+    def _new_name(self) -> str:
+        for _ in range(20):
+            name = f"{random.choice(_ADJECTIVES)}_{random.choice(_NAMES)}"
+            if not self.db.find(name):
+                return name
+        return f"{random.choice(_ADJECTIVES)}_{random.choice(_NAMES)}{random.randint(1, 99)}"
+
+    def create(self, body: dict[str, Any], name: str | None) -> tuple[str, list[str]]:
+        if name:
+            if not _NAME.fullmatch(name):
+                raise InvalidArgument(
+                    f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                )
+            name = name.removeprefix("/")
+        image_ref = str(body.get("Image") or "")
+        if not image_ref:
+            raise InvalidArgument("no image given: the container config needs Image")
+        try:
+            image = self.images.get(image_ref)
+        except NotFound:
+            raise NotFound(f"No such image: {image_ref}") from None
+        image_config = dict(image.config.data.get("config") or {})
+        spec = specgen.from_docker(body, image_ref, image.id, image_config)
+        container_id = secrets.token_hex(32)
+        name = name or self._new_name()
+        created = _now()
+        config = {k: v for k, v in body.items() if k not in ("HostConfig", "NetworkingConfig")}
+        record = {
+            "Id": container_id,
+            "Name": name,
+            "Created": created,
+            "Spec": spec.to_dict(),
+            "Config": config,
+            "HostConfig": body.get("HostConfig") or {},
+            "ImageConfig": image_config,
+            "State": {
+                "Status": CREATED,
+                "Running": False,
+                "Paused": False,
+                "Restarting": False,
+                "OOMKilled": False,
+                "Dead": False,
+                "Pid": 0,
+                "ExitCode": 0,
+                "Error": "",
+                "StartedAt": ZERO_TIME,
+                "FinishedAt": ZERO_TIME,
+            },
+            "RestartCount": 0,
+        }
+        self.db.insert(container_id, name, created, record)  # the name is taken here
+        try:
+            state_dir = self.state_dir(container_id)
+            os.makedirs(state_dir, mode=0o710)
+            self._write_etc_files(container_id, spec)
+            os.makedirs(self.rootfs(container_id), mode=0o711)
+            self.images.snapshots.prepare(
+                container_id, image.top_layer, labels={"berth.container": name}
+            )
+            self._mount(container_id)
+        except BaseException:
+            self._discard(container_id)
+            raise
+        return container_id, list(spec.warnings)
+
+    def _write_etc_files(self, container_id: str, spec: specgen.ContainerSpec) -> None:
+        state_dir = self.state_dir(container_id)
+        hostname = spec.hostname or container_id[:12]
+        with open(os.path.join(state_dir, "hostname"), "w") as f:
+            f.write(hostname + "\n")
+        if spec.network_mode == "host":
+            shutil.copyfile("/etc/hosts", os.path.join(state_dir, "hosts"))
+        else:
+            with open(os.path.join(state_dir, "hosts"), "w") as f:
+                f.write(
+                    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                    "fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\n"
+                    "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+                )
+        try:
+            with open("/etc/resolv.conf") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            lines = []
+        if spec.network_mode != "host":  # a loopback resolver is not reachable from there
+            lines = [
+                line for line in lines if not re.match(r"^\s*nameserver\s+(127\.|::1\b)", line)
+            ]
+            if not any(line.strip().startswith("nameserver") for line in lines):
+                lines += ["nameserver 8.8.8.8", "nameserver 8.8.4.4"]
+        with open(os.path.join(state_dir, "resolv.conf"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def _mount(self, container_id: str) -> None:
+        target = self.rootfs(container_id)
+        if os.path.ismount(target):
+            return
+        mounts = self.images.snapshots.mounts(container_id)
+        for mount in mounts:
+            try:
+                mount.mount(target)
+            except OSError as exc:
+                raise SystemFailure(f"cannot mount the rootfs at {target}: {exc}") from None
+
+    def _unmount(self, container_id: str) -> None:
+        from berth.linux import syscalls as sc
+
+        target = self.rootfs(container_id)
+        while os.path.ismount(target):
+            try:
+                sc.umount2(target, sc.MNT_DETACH)
+            except OSError:
+                break
+
+    def _discard(self, container_id: str) -> None:
+        """Undo whatever create made; every step tolerates its part being absent."""
+        self._unmount(container_id)
+        if self.images.snapshots.exists(container_id):
+            self.images.snapshots.remove(container_id)
+        shutil.rmtree(self.bundle(container_id), ignore_errors=True)
+        shutil.rmtree(self.state_dir(container_id), ignore_errors=True)
+        self.db.delete(container_id)
+        self._locks.pop(container_id, None)
+
+    # ---- start, stop, kill ---------------------------------------------------------------
+
+    async def start(self, ref: str) -> None:
+        container = self.get(ref)
+        async with self._lock(container.id):
+            container = self.get(container.id)
+            if container.status == RUNNING:
+                raise NotModified(f"container {container.id} is already started")
+            if container.status == REMOVING:
+                raise Conflict(f"container {container.id} is being removed")
+            spec = container.spec
+            self._mount(container.id)
+            bundle = self.bundle(container.id)
+            config = specgen.oci_config(
+                spec,
+                container_id=container.id,
+                rootfs=self.rootfs(container.id),
+                hostname_file=os.path.join(self.state_dir(container.id), "hostname"),
+                hosts_file=os.path.join(self.state_dir(container.id), "hosts"),
+                resolv_file=os.path.join(self.state_dir(container.id), "resolv.conf"),
+            )
+            config["annotations"] = {"org.berth.container.name": container.name}
+            tmp = os.path.join(bundle, "config.json.tmp")
+            with open(tmp, "w") as f:
+                json.dump(config, f)
+            os.rename(tmp, os.path.join(bundle, "config.json"))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.exit_path(container.id))
+            answer = await self.monitor.call(
+                {
+                    "op": "start",
+                    "id": container.id,
+                    "bundle": bundle,
+                    "tty": spec.tty,
+                    "stdin": spec.open_stdin,
+                    "log_path": self.log_path(container.id),
+                    "log_max_size": spec.log_max_size,
+                    "log_max_files": spec.log_max_files,
+                    "exit_file": self.exit_path(container.id),
+                    "loopback_up": spec.network_mode != "host",
+                }
+            )
+            container.state.update(
+                Status=RUNNING,
+                Running=True,
+                Pid=int(answer["pid"]),
+                ExitCode=0,
+                Error="",
+                StartedAt=_now(),
+                FinishedAt=ZERO_TIME,
+            )
+            self.db.update(container.id, container.data)
+
+    def _future(self, container_id: str, condition: str) -> asyncio.Future[int]:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(container_id, []).append((condition, future))
+        return future
+
+    def _resolve(self, container_id: str, conditions: tuple[str, ...], code: int) -> None:
+        kept = []
+        for condition, future in self._waiters.get(container_id, []):
+            if condition in conditions:
+                if not future.done():
+                    future.set_result(code)
+            else:
+                kept.append((condition, future))
+        self._waiters[container_id] = kept
+
+    async def kill(self, ref: str, sig: str | int | None = None) -> None:
+        from berth.runtime.container import parse_signal
+
+        container = self.get(ref)
+        number = parse_signal(str(sig)) if sig not in (None, "") else int(signal.SIGKILL)
+        if container.status != RUNNING:
+            raise Conflict(f"Cannot kill container: {ref}: container {container.id} is not running")
+        try:
+            await self.monitor.call({"op": "kill", "id": container.id, "signal": number})
+        except Conflict:
+            raise Conflict(
+                f"Cannot kill container: {ref}: container {container.id} is not running"
+            ) from None
+
+    async def stop(self, ref: str, timeout: int | None = None, sig: str | None = None) -> None:
+        from berth.runtime.container import parse_signal
+
+        container = self.get(ref)
+        if container.status != RUNNING:
+            raise NotModified(f"container {container.id} is not running")
+        spec = container.spec
+        if timeout is None:
+            timeout = spec.stop_timeout if spec.stop_timeout is not None else 10
+        number = parse_signal(sig) if sig else specgen.stop_signal_number(spec)
+        exited = self._future(container.id, "next-exit")
+        with contextlib.suppress(Conflict):
+            await self.monitor.call({"op": "kill", "id": container.id, "signal": number})
+        if timeout < 0:
+            await exited
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), timeout)
+            return
+        except TimeoutError:
+            pass
+        with contextlib.suppress(Conflict):
+            await self.monitor.call(
+                {"op": "kill", "id": container.id, "signal": int(signal.SIGKILL)}
+            )
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), 30)
+        except TimeoutError:
+            raise SystemFailure(f"container {container.id} did not exit after SIGKILL") from None
+
+    async def wait(self, ref: str, condition: str = "not-running") -> asyncio.Future[int]:
+        """A future of the exit code; registered before this returns (the API then sends
+        its headers, so a client may start the container without a race)."""
+        condition = condition or "not-running"
+        if condition not in ("not-running", "next-exit", "removed"):
+            raise InvalidArgument(f"invalid condition {condition!r}")
+        container = self.get(ref)
+        future = self._future(container.id, condition)
+        if condition == "not-running" and container.status != RUNNING:
+            self._resolve(container.id, ("not-running",), int(container.state["ExitCode"]))
+        return future
+
+    # ---- remove --------------------------------------------------------------------------
+
+    async def remove(self, ref: str, *, force: bool = False) -> None:
+        container = self.get(ref)
+        if container.status == RUNNING:
+            if not force:
+                raise Conflict(
+                    f'cannot remove container "/{container.name}": container is running:'
+                    " stop the container before removing or force remove"
+                )
+            exited = self._future(container.id, "next-exit")
+            with contextlib.suppress(Conflict):
+                await self.monitor.call(
+                    {"op": "kill", "id": container.id, "signal": int(signal.SIGKILL)}
+                )
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), 30)
+            except TimeoutError:
+                raise SystemFailure(
+                    f"container {container.id} did not exit after SIGKILL"
+                ) from None
+        async with self._lock(container.id):
+            record = self.db.get(container.id)
+            if record is None:
+                return  # removed meanwhile (auto-remove)
+            container = Container(record)
+            if container.status == RUNNING:
+                raise Conflict(f"container {container.id} was started again meanwhile")
+            if container.status == REMOVING:
+                return
+            container.state["Status"] = REMOVING
+            self.db.update(container.id, container.data)
+            self._discard(container.id)
+        self._resolve(
+            container.id, ("removed", "not-running", "next-exit"), int(container.state["ExitCode"])
+        )
+        self._waiters.pop(container.id, None)
+
+    # ---- attach and logs -------------------------------------------------------------------
+
+    async def attach(
+        self, ref: str, *, stdin: bool, stdout: bool, stderr: bool
+    ) -> tuple[Container, asyncio.StreamReader, asyncio.StreamWriter]:
+        container = self.get(ref)
+        spec = container.spec
+        reader, writer = await self.monitor.stream(
+            {
+                "op": "attach",
+                "id": container.id,
+                "stdin": stdin and spec.open_stdin,
+                "stdout": stdout,
+                "stderr": stderr,
+                "close_stdin": spec.stdin_once,
+            }
+        )
+        return container, reader, writer
+
+    async def logs(
+        self,
+        ref: str,
+        *,
+        follow: bool = False,
+        tail: str = "all",
+        since: float = 0,
+        until: float = 0,
+    ) -> AsyncIterator[tuple[str, str, str]]:
+        """(stream, text, time) entries of the container's json-file log."""
+        container = self.get(ref)
+        path = self.log_path(container.id)
+        since_stamp = jsonlog.rfc3339nano(int(since * 1e9)) if since else ""
+        until_stamp = jsonlog.rfc3339nano(int(until * 1e9)) if until else ""
+
+        def wanted(entry: tuple[str, str, str]) -> bool:
+            return (not since_stamp or entry[2] > since_stamp) and (
+                not until_stamp or entry[2] <= until_stamp
+            )
+
+        if not follow:
+            entries = [e for e in jsonlog.read_entries(path) if wanted(e)]
+            if tail not in ("", "all"):
+                count = int(tail)
+                entries = entries[-count:] if count > 0 else []
+            for entry in entries:
+                yield entry
+            return
+        async for entry in self._follow(container.id, path, tail, wanted):
+            yield entry
+
+    async def _follow(
+        self, container_id: str, path: str, tail: str, wanted: Any
+    ) -> AsyncIterator[tuple[str, str, str]]:
+        # What is there now: the rotated files whole, then the current one, tracked by inode.
+        files = jsonlog.log_files(path)
+        older = [e for name in files[:-1] for e in _entries_of(name)]
+        handle = None
+        with contextlib.suppress(FileNotFoundError):
+            handle = open(path, "rb")  # noqa: SIM115
+        current: list[tuple[str, str, str]] = []
+        pending = b""
+        if handle is not None:
+            for line in handle:
+                if line.endswith(b"\n"):
+                    parsed = jsonlog.parse_line(line)
+                    if parsed:
+                        current.append(parsed)
+                else:
+                    pending = line
+        backlog = [e for e in older + current if wanted(e)]
+        if tail not in ("", "all"):
+            count = int(tail)
+            backlog = backlog[-count:] if count > 0 else []
+        for entry in backlog:
+            yield entry
+        try:
+            while True:
+                record = self.db.get(container_id)
+                running = record is not None and record["State"]["Status"] == RUNNING
+                got = False
+                if handle is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        handle = open(path, "rb")  # noqa: SIM115
+                if handle is not None:
+                    for line in handle:
+                        line = pending + line
+                        pending = b""
+                        if not line.endswith(b"\n"):
+                            pending = line
+                            break
+                        parsed = jsonlog.parse_line(line)
+                        if parsed and wanted(parsed):
+                            got = True
+                            yield parsed
+                    try:
+                        rotated = os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino
+                    except FileNotFoundError:
+                        rotated = True
+                    if rotated:
+                        handle.close()
+                        handle = None
+                        pending = b""
+                        continue
+                if not running and not got:
+                    return
+                if not got:
+                    await asyncio.sleep(0.1)
+        finally:
+            if handle is not None:
+                handle.close()
+
+    # ---- inspect and list ------------------------------------------------------------------
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        container = self.get(ref)
+        spec = container.spec
+        data = container.data
+        state_dir = self.state_dir(container.id)
+        config = dict(data.get("Config") or {})
+        config.update(
+            Hostname=spec.hostname or container.id[:12],
+            Domainname=spec.domainname,
+            User=spec.user,
+            AttachStdin=bool(config.get("AttachStdin")),
+            AttachStdout=bool(config.get("AttachStdout")),
+            AttachStderr=bool(config.get("AttachStderr")),
+            Tty=spec.tty,
+            OpenStdin=spec.open_stdin,
+            StdinOnce=spec.stdin_once,
+            Env=spec.env,
+            Cmd=spec.cmd or None,
+            Image=spec.image,
+            Volumes=config.get("Volumes"),
+            WorkingDir=spec.working_dir,
+            Entrypoint=spec.entrypoint or None,
+            OnBuild=None,
+            Labels=spec.labels,
+            StopSignal=spec.stop_signal,
+        )
+        host_config = {
+            "Binds": [
+                f"{b.source}:{b.destination}{':ro' if b.readonly else ''}" for b in spec.binds
+            ]
+            or None,
+            "NetworkMode": "bridge" if spec.network_mode == "bridge" else spec.network_mode,
+            "AutoRemove": spec.auto_remove,
+            "LogConfig": {
+                "Type": "json-file",
+                "Config": {"max-size": str(spec.log_max_size), "max-file": str(spec.log_max_files)},
+            },
+            "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+            "Memory": spec.memory,
+            "MemorySwap": spec.memory_swap,
+            "NanoCpus": spec.nano_cpus,
+            "CpuShares": spec.cpu_shares,
+            "PidsLimit": spec.pids_limit or None,
+            "CapAdd": spec.cap_add or None,
+            "CapDrop": spec.cap_drop or None,
+            "Privileged": spec.privileged,
+            "ReadonlyRootfs": spec.readonly_rootfs,
+            "SecurityOpt": ["seccomp=unconfined"] if spec.seccomp_unconfined else None,
+            "ShmSize": specgen.SHM_SIZE,
+            "PortBindings": {},
+            "Runtime": "berth-runtime",
+            "Init": None,
+        }
+        args = spec.args
+        state = dict(container.state)
+        if state["Status"] == REMOVING:
+            state["Status"] = "removing"
+        return {
+            "Id": container.id,
+            "Created": data["Created"],
+            "Path": args[0] if args else "",
+            "Args": args[1:],
+            "State": state,
+            "Image": spec.image_id,
+            "ResolvConfPath": os.path.join(state_dir, "resolv.conf"),
+            "HostnamePath": os.path.join(state_dir, "hostname"),
+            "HostsPath": os.path.join(state_dir, "hosts"),
+            "LogPath": self.log_path(container.id),
+            "Name": "/" + container.name,
+            "RestartCount": data.get("RestartCount", 0),
+            "Driver": "overlay",
+            "Platform": "linux",
+            "MountLabel": "",
+            "ProcessLabel": "",
+            "AppArmorProfile": "",
+            "ExecIDs": None,
+            "HostConfig": host_config,
+            "GraphDriver": {"Name": "overlay", "Data": None},
+            "Mounts": [
+                {
+                    "Type": "bind",
+                    "Source": b.source,
+                    "Destination": b.destination,
+                    "Mode": "ro" if b.readonly else "",
+                    "RW": not b.readonly,
+                    "Propagation": b.propagation,
+                }
+                for b in spec.binds
+            ],
+            "Config": config,
+            "NetworkSettings": self._network_settings(spec),
+            "Warnings": spec.warnings or None,
+        }
+
+    @staticmethod
+    def _network_settings(spec: specgen.ContainerSpec) -> dict[str, Any]:
+        name = "none" if spec.network_mode == "none" else spec.network_mode
+        return {
+            "Bridge": "",
+            "SandboxID": "",
+            "Ports": {},
+            "SandboxKey": "",
+            "Networks": {
+                name: {
+                    "NetworkID": "",
+                    "EndpointID": "",
+                    "Gateway": "",
+                    "IPAddress": "",
+                    "IPPrefixLen": 0,
+                    "MacAddress": "",
+                }
+            },
+        }
+
+    def list(
+        self, *, all: bool = False, filters: dict[str, Any] | None = None, limit: int = -1
+    ) -> list[dict[str, Any]]:
+        filters = filters or {}
+        result = []
+        now = time.time()
+        for record in self.db.all():
+            container = Container(record)
+            status = container.status
+            if status == REMOVING:
+                continue
+            if not all and status != RUNNING and "status" not in filters:
+                continue
+            if not _matches(container, filters):
+                continue
+            spec = container.spec
+            state = container.state
+            if status == RUNNING:
+                text = "Up " + human_duration(now - _epoch(state["StartedAt"]))
+            elif status == EXITED:
+                ago = human_duration(now - _epoch(state["FinishedAt"]))
+                text = f"Exited ({state['ExitCode']}) {ago} ago"
+            else:
+                text = "Created"
+            result.append(
+                {
+                    "Id": container.id,
+                    "Names": ["/" + container.name],
+                    "Image": spec.image,
+                    "ImageID": spec.image_id,
+                    "Command": " ".join(spec.args),
+                    "Created": int(_epoch(container.data["Created"])),
+                    "Ports": [],
+                    "Labels": spec.labels,
+                    "State": status,
+                    "Status": text,
+                    "HostConfig": {"NetworkMode": spec.network_mode},
+                    "NetworkSettings": {"Networks": self._network_settings(spec)["Networks"]},
+                    "Mounts": [
+                        {
+                            "Type": "bind",
+                            "Source": b.source,
+                            "Destination": b.destination,
+                            "Mode": "ro" if b.readonly else "",
+                            "RW": not b.readonly,
+                            "Propagation": b.propagation,
+                        }
+                        for b in spec.binds
+                    ],
+                }
+            )
+            if 0 < limit <= len(result):
+                break
+        return result
+
+    def counts(self) -> dict[str, int]:
+        counts = {
+            "Containers": 0,
+            "ContainersRunning": 0,
+            "ContainersPaused": 0,
+            "ContainersStopped": 0,
+        }
+        for record in self.db.all():
+            counts["Containers"] += 1
+            if record["State"]["Status"] == RUNNING:
+                counts["ContainersRunning"] += 1
+            else:
+                counts["ContainersStopped"] += 1
+        return counts
+
+
+def _entries_of(name: str) -> list[tuple[str, str, str]]:
+    entries = []
+    try:
+        with open(name, "rb") as f:
+            for line in f:
+                if line.endswith(b"\n"):
+                    parsed = jsonlog.parse_line(line)
+                    if parsed:
+                        entries.append(parsed)
+    except FileNotFoundError:
+        pass
+    return entries
+
+
+def _matches(container: Container, filters: dict[str, Any]) -> bool:
+    """Docker's list filters: id, name, status, label, ancestor (the rest: ignored)."""
+
+    def values(key: str) -> list[str]:
+        value = filters.get(key)
+        if isinstance(value, dict):
+            return [k for k, v in value.items() if v]
+        if isinstance(value, list):
+            return [str(v) for v in value]
+        return []
+
+    if (ids := values("id")) and not any(container.id.startswith(i) for i in ids):
+        return False
+    if (names := values("name")) and not any(
+        re.search(n.removeprefix("/"), container.name) for n in names
+    ):
+        return False
+    if (statuses := values("status")) and container.status not in statuses:
+        return False
+    spec = container.spec
+    for label in values("label"):
+        key, eq, value = label.partition("=")
+        if key not in spec.labels or (eq and spec.labels[key] != value):
+            return False
+    ancestors = values("ancestor")
+    return not ancestors or any(
+        a in (spec.image, spec.image_id) or spec.image_id.startswith("sha256:" + a)
+        for a in ancestors
+    )

@@ -1,0 +1,147 @@
+"""``/version`` and ``/info``: what the daemon and this host are."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from typing import Any
+
+from berth import __version__ as _berth_version
+
+API_VERSION = "1.45"
+MIN_API_VERSION = "1.24"
+VERSION = str(_berth_version) if _berth_version else "0.1.0"
+GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
+
+
+def arch() -> str:
+    machine = platform.machine()
+    return GO_ARCH.get(machine, machine)
+
+
+def version() -> dict[str, Any]:
+    kernel = platform.release()
+    details = {
+        "ApiVersion": API_VERSION,
+        "Arch": arch(),
+        "GitCommit": "",
+        "GoVersion": "python" + platform.python_version(),
+        "KernelVersion": kernel,
+        "MinAPIVersion": MIN_API_VERSION,
+        "Os": "linux",
+        "Experimental": "false",
+    }
+    return {
+        "Platform": {"Name": "Berth Engine"},
+        "Components": [
+            {"Name": "Engine", "Version": VERSION, "Details": details},
+            {"Name": "berth-runtime", "Version": VERSION, "Details": {"GitCommit": ""}},
+        ],
+        "Version": VERSION,
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "",
+        "GoVersion": details["GoVersion"],
+        "Os": "linux",
+        "Arch": arch(),
+        "KernelVersion": kernel,
+        "BuildTime": "",
+    }
+
+
+def _os_name() -> str:
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return "Linux"
+
+
+def _mem_total() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def info(*, root: str, counts: dict[str, int], images: int) -> dict[str, Any]:
+    from berth.linux import cgroups
+
+    mode = cgroups.detect_mode()
+    return {
+        "ID": "",
+        **counts,
+        "Images": images,
+        "Driver": "overlay",
+        "DriverStatus": [["Backing Filesystem", "extfs"], ["Supports d_type", "true"]],
+        "Plugins": {
+            "Volume": [],
+            "Network": ["host", "none"],
+            "Authorization": None,
+            "Log": ["json-file"],
+        },
+        "MemoryLimit": True,
+        "SwapLimit": True,
+        "CpuCfsPeriod": True,
+        "CpuCfsQuota": True,
+        "CPUShares": True,
+        "CPUSet": True,
+        "PidsLimit": True,
+        "IPv4Forwarding": True,
+        "Debug": False,
+        "NFd": len(os.listdir("/proc/self/fd")),
+        "OomKillDisable": False,
+        "NGoroutines": 0,
+        "SystemTime": _now(),
+        "LoggingDriver": "json-file",
+        "CgroupDriver": "cgroupfs",
+        "CgroupVersion": "2" if mode == "v2" else "1",
+        "NEventsListener": 0,
+        "KernelVersion": platform.release(),
+        "OperatingSystem": _os_name(),
+        "OSVersion": "",
+        "OSType": "linux",
+        "Architecture": platform.machine(),
+        "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": {"IndexConfigs": {}, "InsecureRegistryCIDRs": ["127.0.0.0/8"]},
+        "NCPU": os.cpu_count() or 1,
+        "MemTotal": _mem_total(),
+        "DockerRootDir": root,
+        "HttpProxy": "",
+        "HttpsProxy": "",
+        "NoProxy": "",
+        "Name": socket.gethostname(),
+        "Labels": [],
+        "ExperimentalBuild": False,
+        "ServerVersion": VERSION,
+        "Runtimes": {"berth-runtime": {"path": "berth-runtime"}},
+        "DefaultRuntime": "berth-runtime",
+        "Swarm": {
+            "LocalNodeState": "inactive",
+            "ControlAvailable": False,
+            "NodeID": "",
+            "NodeAddr": "",
+            "RemoteManagers": None,
+            "Nodes": 0,
+            "Managers": 0,
+        },
+        "LiveRestoreEnabled": True,
+        "Isolation": "",
+        "InitBinary": "",
+        "SecurityOptions": ["name=cgroupns" if mode == "v2" else "name=no-seccomp-yet"],
+        "Warnings": ["WARNING: no default seccomp profile is applied to containers yet"],
+    }
+
+
+def _now() -> str:
+    from berth.engine.jsonlog import rfc3339nano
+
+    return rfc3339nano()
