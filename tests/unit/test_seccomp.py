@@ -345,3 +345,30 @@ def test_load_failure_is_a_seccomp_error() -> None:
 
     out = run_ok(child)
     assert out.startswith("seccomp: cannot load the filter"), out
+
+
+def test_a_precompiled_filter_behaves_the_same() -> None:
+    config = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}],
+    }
+    seccomp.precompile(config)
+    assert seccomp._key(config) in seccomp._compiled
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            seccomp.load(config)  # from the cache: no libseccomp work in the child
+            try:
+                os.mkdir("/tmp/berth-seccomp-never")
+                result = b"made"
+            except OSError as exc:
+                result = str(exc.errno).encode()
+            os.write(write_fd, result)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        assert f.read() == b"38"
+    os.waitpid(pid, 0)

@@ -73,10 +73,12 @@ def preload_for_child(config: dict[str, Any], proc: dict[str, Any] | None = None
     from berth.runtime import rootfs  # noqa: F401
 
     proc = proc or config.get("process") or {}
-    if (config.get("linux") or {}).get("seccomp"):
+    seccomp_config = (config.get("linux") or {}).get("seccomp")
+    if seccomp_config:
         from berth.linux import seccomp
 
         seccomp.preload()
+        seccomp.precompile(seccomp_config)  # once per profile in a warm process
     if proc.get("terminal"):
         import tty  # noqa: F401
 
@@ -533,6 +535,30 @@ class Runtime:
         preserve_fds: int = 0,
     ) -> int:
         """Run another process in a running container; returns its exit code."""
+        if proc.get("terminal") and not console_socket and detach:
+            raise ConfigError("a detached exec with a terminal needs --console-socket")
+        if not detach:
+            sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+        started = self.exec_start(
+            container_id, proc, console_socket=console_socket, preserve_fds=preserve_fds
+        )
+        if pid_file:
+            _write_pid_file(pid_file, started.pid)
+        if detach:
+            return 0
+        return wait_foreground(started)
+
+    def exec_start(
+        self,
+        container_id: str,
+        proc: dict[str, Any],
+        *,
+        console_socket: str | None = None,
+        preserve_fds: int = 0,
+    ) -> Started:
+        """Start another process in a running container and return at once: its pid
+        and, for a terminal with no console socket, the pty master. The process
+        inherits the caller's fds 0-2; the caller reaps it (as a child subreaper)."""
         state = self.store.load(container_id)
         if state.cgroup_paths:
             from berth.linux import cgroups
@@ -543,10 +569,6 @@ class Runtime:
             raise Conflict(f"cannot exec in container {container_id!r}: it is {status}")
         spec.validate_process(proc)
         spec.check_security_labels(proc, {})
-        if proc.get("terminal") and not console_socket and detach:
-            raise ConfigError("a detached exec with a terminal needs --console-socket")
-        if not detach:
-            sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         ctx = _ExecContext(state, proc, preserve_fds)
         preload_for_child(state.config, proc)
         parent_sock, child_sock = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
@@ -594,11 +616,7 @@ class Runtime:
             raise
         finally:
             parent_sock.close()
-        if pid_file:
-            _write_pid_file(pid_file, pid)
-        if detach:
-            return 0
-        return wait_foreground(Started(pid, master))
+        return Started(pid, master)
 
 
 def wait_foreground(started: Started) -> int:
