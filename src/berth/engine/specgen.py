@@ -5,18 +5,23 @@ later) builds a :class:`ContainerSpec` with :func:`from_docker` (or directly); o
 :func:`oci_config` turns it into a runtime ``config.json``. Docker's defaults live
 here: the 14 capabilities, masked and read-only paths, ``/dev/shm`` of 64 MB, the
 hostname, and ``/etc/hostname``, ``/etc/hosts``, ``/etc/resolv.conf`` bound from
-per-container files. No seccomp profile is applied yet (see docs/daemon.md).
+per-container files; Berth's default seccomp profile (``runtime/seccomp_default.py``:
+Docker's, with ENOSYS for ``clone3``). Mounts: binds, named and anonymous volumes
+(made and filled by ``engine/volumes.py`` at create), and tmpfs.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import resource
 import signal
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from berth.errors import InvalidArgument
+from berth.runtime import seccomp_default
 from berth.runtime import spec as oci
 
 DEFAULT_CAPS = [
@@ -98,14 +103,35 @@ SHM_SIZE = 64 * 1024 * 1024
 NOFILE_SOFT = 1024
 NOFILE_HARD = 524288
 NETWORK_MODES = {"none", "host", "bridge", "default", ""}
+VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+TMPFS_DEFAULTS = ["noexec", "nosuid", "nodev"]
+TMPFS_FLAGS = {
+    "ro", "rw", "exec", "noexec", "suid", "nosuid", "dev", "nodev", "sync", "async",
+    "dirsync", "atime", "noatime", "diratime", "nodiratime", "relatime", "norelatime",
+    "strictatime", "nostrictatime",
+}  # fmt: skip
+TMPFS_DATA = {"size", "mode", "uid", "gid", "nr_inodes", "nr_blocks", "huge", "mpol"}
+PROPAGATIONS = ("private", "rprivate", "slave", "rslave", "shared", "rshared")
 
 
 @dataclass
-class Bind:
+class Mount:
+    """One mount a container asked for: a bind, a volume (named, or anonymous with a
+    generated name) or a tmpfs. A volume's ``source`` is filled in at create by the
+    volume service (``<root>/volumes/<name>/_data``)."""
+
     source: str
     destination: str
     readonly: bool = False
     propagation: str = "rprivate"
+    type: str = "bind"
+    name: str = ""
+    anonymous: bool = False
+    copy_up: bool = True
+    options: list[str] = field(default_factory=list)  # tmpfs data and flags
+
+
+Bind = Mount  # the name of the bind-only record before volumes
 
 
 @dataclass
@@ -127,7 +153,7 @@ class ContainerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     stop_signal: str = "SIGTERM"
     stop_timeout: int | None = None
-    binds: list[Bind] = field(default_factory=list)
+    mounts: list[Mount] = field(default_factory=list)
     network_mode: str = "none"
     auto_remove: bool = False
     memory: int = 0
@@ -140,6 +166,8 @@ class ContainerSpec:
     privileged: bool = False
     readonly_rootfs: bool = False
     seccomp_unconfined: bool = False
+    seccomp_profile: str = ""  # a custom profile in Docker's format (JSON); "" = default
+    no_new_privileges: bool = False
     log_max_size: int = 10 * 1024 * 1024
     log_max_files: int = 3
     warnings: list[str] = field(default_factory=list)
@@ -154,7 +182,9 @@ class ContainerSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ContainerSpec:
         values = dict(data)
-        values["binds"] = [Bind(**b) for b in values.get("binds") or []]
+        values["mounts"] = [Mount(**m) for m in values.pop("binds", None) or []] + [
+            Mount(**m) for m in values.get("mounts") or []
+        ]
         return cls(**values)
 
 
@@ -186,33 +216,181 @@ def _cap_name(name: str) -> str:
     return full
 
 
-def parse_bind(text: str) -> Bind:
-    """``/host:/container[:ro|rw|z|...]`` (plain bind mounts; named volumes come later)."""
+def _check_destination(destination: str, what: str) -> str:
+    if not destination.startswith("/") or os.path.normpath(destination) == "/":
+        raise InvalidArgument(f"invalid {what}: the destination must be absolute, not /")
+    return os.path.normpath(destination)
+
+
+def parse_bind(text: str) -> Mount:
+    """``/host:/container[:opts]`` (a bind) or ``name:/container[:opts]`` (a named
+    volume, made on first use); options ``ro``, ``rw``, ``nocopy``, a propagation."""
     parts = text.split(":")
     if len(parts) < 2 or len(parts) > 3:
-        raise InvalidArgument(f"invalid bind {text!r}: use /host/path:/container/path[:ro]")
+        raise InvalidArgument(
+            f"invalid bind {text!r}: use /host/path:/container/path[:ro] or name:/path[:ro]"
+        )
     source, destination = parts[0], parts[1]
     options = parts[2].split(",") if len(parts) == 3 else []
-    if not source.startswith("/"):
+    is_volume = not source.startswith("/")
+    if is_volume and not VOLUME_NAME.fullmatch(source):
         raise InvalidArgument(
-            f"invalid bind {text!r}: named volumes are not supported yet; give an absolute path"
+            f"invalid bind {text!r}: {source!r} is neither an absolute path nor a volume name"
+            " ([a-zA-Z0-9][a-zA-Z0-9_.-]+)"
         )
-    if not destination.startswith("/") or destination == "/":
-        raise InvalidArgument(f"invalid bind {text!r}: the destination must be absolute, not /")
-    readonly = False
-    propagation = "rprivate"
+    destination = _check_destination(destination, f"bind {text!r}")
+    mount = Mount("" if is_volume else os.path.normpath(source), destination)
+    if is_volume:
+        mount.type, mount.name, mount.propagation = "volume", source, ""
     for option in options:
         if option == "ro":
-            readonly = True
+            mount.readonly = True
         elif option in ("rw", "z", "Z", ""):
             continue
-        elif option in ("private", "rprivate", "slave", "rslave", "shared", "rshared"):
-            propagation = option
+        elif option == "nocopy" and is_volume:
+            mount.copy_up = False
+        elif option in PROPAGATIONS and not is_volume:
+            mount.propagation = option
         else:
             raise InvalidArgument(f"invalid bind {text!r}: unknown option {option!r}")
-    if not os.path.exists(source):
+    if not is_volume and not os.path.exists(source):
         os.makedirs(source, exist_ok=True)  # Docker creates a missing bind source
-    return Bind(os.path.normpath(source), os.path.normpath(destination), readonly, propagation)
+    return mount
+
+
+def parse_tmpfs(destination: str, options: str) -> Mount:
+    """``HostConfig.Tmpfs`` entry: ``{"/path": "size=64m,mode=1777"}``."""
+    destination = _check_destination(destination, f"tmpfs mount {destination!r}")
+    user = [o.strip() for o in (options or "").split(",") if o.strip()]
+    for option in user:
+        key = option.split("=", 1)[0]
+        if option not in TMPFS_FLAGS and ("=" not in option or key not in TMPFS_DATA):
+            raise InvalidArgument(f"invalid tmpfs option {option!r} for {destination}")
+    mount = Mount("tmpfs", destination, type="tmpfs", propagation="")
+    mount.options = [*TMPFS_DEFAULTS, *user]
+    modes = [o for o in user if o in ("ro", "rw")]
+    mount.readonly = bool(modes) and modes[-1] == "ro"
+    return mount
+
+
+def parse_mount(item: Any) -> Mount:
+    """One ``HostConfig.Mounts`` entry (what ``docker run --mount`` sends)."""
+    if not isinstance(item, dict):
+        raise InvalidArgument(f"invalid mount {item!r}: each of Mounts must be an object")
+    kind = str(item.get("Type") or "")
+    target = str(item.get("Target") or item.get("Destination") or "")
+    what = f"mount config for type {kind!r}"
+    if not target:
+        raise InvalidArgument(f"invalid {what}: field Target must not be empty")
+    destination = _check_destination(target, what)
+    source = str(item.get("Source") or "")
+    readonly = bool(item.get("ReadOnly"))
+    if kind == "bind":
+        options = item.get("BindOptions") or {}
+        if not source.startswith("/"):
+            raise InvalidArgument(f"invalid {what}: the bind source must be an absolute path")
+        if not os.path.exists(source):
+            if not options.get("CreateMountpoint"):
+                raise InvalidArgument(f"invalid {what}: bind source path does not exist: {source}")
+            os.makedirs(source, exist_ok=True)
+        propagation = str(options.get("Propagation") or "rprivate")
+        if propagation not in PROPAGATIONS:
+            raise InvalidArgument(f"invalid {what}: unknown propagation {propagation!r}")
+        return Mount(os.path.normpath(source), destination, readonly, propagation)
+    if kind == "volume":
+        options = item.get("VolumeOptions") or {}
+        driver = (options.get("DriverConfig") or {}).get("Name") or "local"
+        if driver != "local":
+            raise InvalidArgument(f"invalid {what}: volume driver {driver!r}: use local")
+        if source and not VOLUME_NAME.fullmatch(source):
+            raise InvalidArgument(f"invalid {what}: invalid volume name {source!r}")
+        return Mount(
+            "",
+            destination,
+            readonly,
+            "",
+            type="volume",
+            name=source,
+            anonymous=not source,
+            copy_up=not options.get("NoCopy"),
+        )
+    if kind == "tmpfs":
+        if source:
+            raise InvalidArgument(f"invalid {what}: a tmpfs has no Source")
+        options = item.get("TmpfsOptions") or {}
+        data: list[str] = []
+        if options.get("SizeBytes"):
+            data.append(f"size={_int(options['SizeBytes'], 'TmpfsOptions.SizeBytes')}")
+        if options.get("Mode"):
+            data.append(f"mode={_int(options['Mode'], 'TmpfsOptions.Mode'):o}")
+        mount = Mount("tmpfs", destination, readonly, "", type="tmpfs")
+        mount.options = [*TMPFS_DEFAULTS, *data, *(["ro"] if readonly else [])]
+        return mount
+    raise InvalidArgument(f"invalid mount type {kind!r}: use bind, volume or tmpfs")
+
+
+def _mounts(
+    body: dict[str, Any], host: dict[str, Any], image_config: dict[str, Any]
+) -> list[Mount]:
+    """Binds, Mounts, Tmpfs, then anonymous volumes for the Volumes of the config and the
+    image that nothing else covers. One destination, one mount."""
+    mounts = [parse_bind(b) for b in _strings(host.get("Binds"), "Binds")]
+    given = host.get("Mounts") or []
+    if not isinstance(given, list):
+        raise InvalidArgument("Mounts must be a list of objects")
+    mounts += [parse_mount(m) for m in given]
+    tmpfs = host.get("Tmpfs") or {}
+    if not isinstance(tmpfs, dict):
+        raise InvalidArgument('Tmpfs must be an object: {"/path": "size=64m"}')
+    mounts += [parse_tmpfs(str(d), str(o or "")) for d, o in tmpfs.items()]
+    seen: set[str] = set()
+    for mount in mounts:
+        if mount.destination in seen:
+            raise InvalidArgument(f"duplicate mount point: {mount.destination}")
+        seen.add(mount.destination)
+    declared: list[str] = []
+    for volumes in (image_config.get("Volumes"), body.get("Volumes")):
+        if isinstance(volumes, dict):
+            declared += [str(v) for v in volumes]
+    for path in declared:
+        destination = _check_destination(path, f"volume {path!r}")
+        if destination not in seen:
+            seen.add(destination)
+            mounts.append(Mount("", destination, False, "", type="volume", anonymous=True))
+    return mounts
+
+
+def _security_options(
+    host: dict[str, Any],
+) -> tuple[bool, str, bool]:
+    """SecurityOpt -> (seccomp unconfined, custom profile JSON, no_new_privs)."""
+    unconfined = False
+    profile = ""
+    no_new_privileges = False
+    for option in _strings(host.get("SecurityOpt"), "SecurityOpt"):
+        key, sep, value = option.partition("=")
+        if not sep and ":" in option:  # the old form, seccomp:unconfined
+            key, _, value = option.partition(":")
+        if key == "seccomp":
+            if value == "unconfined":
+                unconfined, profile = True, ""
+            elif value in ("builtin", "default", ""):
+                unconfined, profile = False, ""
+            else:
+                parsed = seccomp_default.parse_profile(value)
+                seccomp_default.convert(parsed, set(DEFAULT_CAPS))  # fails here if bad
+                unconfined, profile = False, json.dumps(parsed)
+        elif key == "no-new-privileges":
+            if value not in ("", "true", "false"):
+                raise InvalidArgument(
+                    f"invalid no-new-privileges value {value!r}: use true or false"
+                )
+            no_new_privileges = value != "false"
+        elif key == "label" and value == "disable":
+            continue
+        else:
+            raise InvalidArgument(f"security option {option!r} is not supported yet")
+    return unconfined, profile, no_new_privileges
 
 
 def from_docker(
@@ -259,15 +437,7 @@ def from_docker(
         mode = "bridge"
     cap_add = [_cap_name(c) for c in _strings(host.get("CapAdd"), "CapAdd")]
     cap_drop = [_cap_name(c) for c in _strings(host.get("CapDrop"), "CapDrop")]
-    seccomp_unconfined = False
-    for option in _strings(host.get("SecurityOpt"), "SecurityOpt"):
-        key, _, value = option.replace(":", "=", 1).partition("=")
-        if key == "seccomp" and value == "unconfined":
-            seccomp_unconfined = True
-        elif key == "no-new-privileges" or (key == "label" and value == "disable"):
-            continue
-        else:
-            raise InvalidArgument(f"security option {option!r} is not supported yet")
+    seccomp_unconfined, seccomp_profile, no_new_privileges = _security_options(host)
     stop_signal = str(body.get("StopSignal") or image_config.get("StopSignal") or "SIGTERM")
     from berth.runtime.container import parse_signal
 
@@ -303,7 +473,7 @@ def from_docker(
         labels={str(k): str(v) for k, v in labels.items()},
         stop_signal=stop_signal,
         stop_timeout=int(stop_timeout) if stop_timeout is not None else None,
-        binds=[parse_bind(b) for b in _strings(host.get("Binds"), "Binds")],
+        mounts=_mounts(body, host, image_config),
         network_mode=mode,
         auto_remove=bool(host.get("AutoRemove")),
         memory=memory,
@@ -316,18 +486,34 @@ def from_docker(
         privileged=bool(host.get("Privileged")),
         readonly_rootfs=bool(host.get("ReadonlyRootfs")),
         seccomp_unconfined=seccomp_unconfined,
+        seccomp_profile=seccomp_profile,
+        no_new_privileges=no_new_privileges,
         log_max_size=parse_size(log_options.get("max-size")),
         log_max_files=int(log_options.get("max-file") or 3),
         warnings=warnings,
     )
 
 
+def host_capabilities() -> list[str]:
+    """ALL_CAPS that the daemon's own bounding set holds: what "all" can mean (Docker's
+    rule; a daemon inside a container may lack some, and capset would then fail)."""
+    from berth.linux.capabilities import CAP_NAMES
+
+    try:
+        with open("/proc/self/status") as f:
+            line = next(x for x in f if x.startswith("CapBnd:"))
+        mask = int(line.split()[1], 16)
+    except (OSError, StopIteration, ValueError):
+        return list(ALL_CAPS)
+    return [c for c in ALL_CAPS if mask >> CAP_NAMES[c] & 1]
+
+
 def capabilities(spec: ContainerSpec) -> list[str]:
     if spec.privileged:
-        return list(ALL_CAPS)
+        return host_capabilities()
     caps = list(DEFAULT_CAPS)
     if "ALL" in spec.cap_add:
-        caps = list(ALL_CAPS)
+        caps = host_capabilities()
     caps += [c for c in spec.cap_add if c != "ALL" and c not in caps]
     if "ALL" in spec.cap_drop:
         caps = [c for c in spec.cap_add if c != "ALL"]
@@ -429,7 +615,7 @@ def oci_config(
         "rlimits": [
             {"type": "RLIMIT_NOFILE", "soft": min(NOFILE_SOFT, nofile_hard), "hard": nofile_hard}
         ],
-        "noNewPrivileges": False,
+        "noNewPrivileges": spec.no_new_privileges,
         "oomScoreAdj": 0,
     }
     if spec.tty:
@@ -478,10 +664,11 @@ def oci_config(
             "options": ["nosuid", "noexec", "nodev", "mode=1777", f"size={SHM_SIZE}"],
         },
     ]
+    defaults = len(mounts)
     if spec.privileged:
         mounts[3]["options"] = ["nosuid", "noexec", "nodev", "rw"]
         mounts[4]["options"] = ["rw", "nosuid", "noexec", "nodev"]
-    bound = {b.destination for b in spec.binds}
+    bound = {m.destination for m in spec.mounts}
     for destination, source in (
         ("/etc/resolv.conf", resolv_file),
         ("/etc/hostname", hostname_file),
@@ -496,18 +683,34 @@ def oci_config(
                     "options": ["rbind", "rprivate"],
                 }
             )
-    for bind in spec.binds:
-        options = ["rbind", bind.propagation]
-        if bind.readonly:
+    for mount in spec.mounts:
+        if mount.type == "tmpfs":
+            mounts.append(
+                {
+                    "destination": mount.destination,
+                    "type": "tmpfs",
+                    "source": "tmpfs",
+                    "options": list(mount.options),
+                }
+            )
+            continue
+        if not mount.source:
+            raise InvalidArgument(f"the volume at {mount.destination} has no host path")
+        options = ["rbind", mount.propagation or "rprivate"]
+        if mount.readonly:
             options.append("ro")
         mounts.append(
             {
-                "destination": bind.destination,
+                "destination": mount.destination,
                 "type": "bind",
-                "source": bind.source,
+                "source": mount.source,
                 "options": options,
             }
         )
+    # A parent before its children (a volume on /etc, then /etc/hostname), as Docker sorts.
+    mounts[defaults:] = sorted(
+        mounts[defaults:], key=lambda m: len(os.path.normpath(m["destination"]).split("/"))
+    )
     namespaces: list[dict[str, Any]] = [
         {"type": "pid"},
         {"type": "ipc"},
@@ -541,6 +744,9 @@ def oci_config(
     if not spec.privileged:
         linux["maskedPaths"] = list(MASKED_PATHS)
         linux["readonlyPaths"] = list(READONLY_PATHS)
+    seccomp = seccomp_config(spec, caps)
+    if seccomp is not None:
+        linux["seccomp"] = seccomp
     return {
         "ociVersion": oci.OCI_VERSION,
         "process": process,
@@ -551,6 +757,18 @@ def oci_config(
         "linux": linux,
         "annotations": {"org.berth.container.name": ""},
     }
+
+
+def seccomp_config(spec: ContainerSpec, caps: list[str]) -> dict[str, Any] | None:
+    """Docker's rules: unconfined when asked; a privileged container gets no default
+    profile but does get a custom one; the default depends on the capabilities."""
+    if spec.seccomp_unconfined:
+        return None
+    if spec.seccomp_profile:
+        return seccomp_default.convert(json.loads(spec.seccomp_profile), set(caps))
+    if spec.privileged:
+        return None
+    return seccomp_default.default_profile(set(caps))
 
 
 def stop_signal_number(spec: ContainerSpec) -> int:
