@@ -189,6 +189,48 @@ class Daemon:
     def delete(self, path: str, **kwargs: Any) -> Response:
         return self.request("DELETE", path, **kwargs)
 
+    def hijack(
+        self, path: str, body: Any = None, stdin: bytes = b"", timeout: float = 30
+    ) -> tuple[int, bytes]:
+        """POST with ``Upgrade: tcp`` as the docker CLI does (attach, exec start): send
+        ``stdin`` and half-close, read to the end; (status, raw stream after headers)."""
+        data = json.dumps(body if body is not None else {}).encode()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(self.socket)
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\n"
+                f"Upgrade: tcp\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n".encode()
+                + data
+            )
+            received = b""
+            while b"\r\n\r\n" not in received:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+            head, _, rest = received.partition(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1]) if head else 0
+            if status != 101:  # an error: a plain response with a length
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(rest) < length and (chunk := sock.recv(65536)):
+                    rest += chunk
+                return status, rest
+            if stdin:
+                sock.sendall(stdin)
+            sock.shutdown(socket.SHUT_WR)
+            while chunk := sock.recv(65536):
+                rest += chunk
+            return status, rest
+        finally:
+            sock.close()
+
     # ---- conveniences ----------------------------------------------------------------------
 
     def bootstrap_busybox(self) -> None:

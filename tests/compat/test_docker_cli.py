@@ -178,3 +178,131 @@ def test_docker_py(daemon: Daemon) -> None:
         assert [i.tags for i in client.images.list()] == [["busybox:latest"]]
     finally:
         client.close()
+
+
+# ---- exec, pause, restart, rename, top, stats, restart policies ---------------------------------
+
+
+def docker_tty(daemon: Daemon, *args: str, timeout: float = 30) -> tuple[int, str]:
+    """Run the CLI on a pty (``-t`` needs a terminal): (exit code, what it printed)."""
+    import pty
+    import select
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    env["DOCKER_CONFIG"] = os.path.join(daemon.base, "docker-config")
+    master, slave = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [DOCKER, "-H", daemon.host, *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            start_new_session=True,
+        )
+        os.close(slave)
+        slave = -1
+        output = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the CLI closed the terminal
+                    chunk = b""
+                if not chunk:
+                    break
+                output += chunk
+            elif process.poll() is not None:
+                break
+        return process.wait(timeout), output.decode(errors="replace")
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+
+
+def test_exec(daemon: Daemon) -> None:
+    container_id = docker(daemon, "run", "-d", "--name", "execd", "busybox", "sleep", "60")
+    _track(daemon)
+    assert container_id.returncode == 0, container_id.stderr
+    result = docker(daemon, "exec", "execd", "echo", "hi")
+    assert (result.returncode, result.stdout) == (0, "hi\n"), result.stderr
+    result = docker(daemon, "exec", "execd", "sh", "-c", "echo err >&2; exit 5")
+    assert result.returncode == 5 and result.stderr == "err\n"
+    result = docker(daemon, "exec", "-i", "execd", "sh", "-c", "cat; echo done", input="in\n")
+    assert (result.returncode, result.stdout) == (0, "in\ndone\n"), result.stderr
+    result = docker(daemon, "exec", "-u", "nobody", "-w", "/tmp", "-e", "A=b", "execd",
+                    "sh", "-c", "id -u; pwd; echo $A")  # fmt: skip
+    assert result.stdout == "65534\n/tmp\nb\n"
+    code, out = docker_tty(daemon, "exec", "-t", "execd", "sh", "-c", "tty; exit 2")
+    assert code == 2 and "/dev/pts/" in out
+    result = docker(daemon, "exec", "execd", "nonexistent")
+    assert result.returncode == 127 and "not found" in result.stdout + result.stderr
+    assert docker(daemon, "exec", "-d", "execd", "sleep", "1").returncode == 0
+    assert docker(daemon, "rm", "-f", "execd").returncode == 0
+
+
+def test_pause_unpause_restart_rename_top_stats(daemon: Daemon) -> None:
+    run = docker(daemon, "run", "-d", "--name", "ops", "busybox", "sleep", "60")
+    _track(daemon)
+    assert run.returncode == 0, run.stderr
+    assert docker(daemon, "pause", "ops").returncode == 0
+    ps = docker(daemon, "ps", "--format", "{{.Names}} {{.State}} {{.Status}}").stdout
+    assert any(line.startswith("ops paused Up") and "(Paused)" in line for line in ps.splitlines())
+    state = docker(daemon, "inspect", "-f", "{{.State.Status}} {{.State.Paused}}", "ops").stdout
+    assert state.split() == ["paused", "true"]
+    assert docker(daemon, "exec", "ops", "true").returncode != 0
+    assert docker(daemon, "unpause", "ops").returncode == 0
+    assert docker(daemon, "inspect", "-f", "{{.State.Status}}", "ops").stdout == "running\n"
+    pid = docker(daemon, "inspect", "-f", "{{.State.Pid}}", "ops").stdout
+    restart = docker(daemon, "restart", "-t", "0", "ops")
+    assert restart.returncode == 0, restart.stderr
+    assert docker(daemon, "inspect", "-f", "{{.State.Pid}}", "ops").stdout != pid
+    assert docker(daemon, "rename", "ops", "ops2").returncode == 0
+    assert "ops2" in docker(daemon, "ps", "--format", "{{.Names}}").stdout.split()
+    top = docker(daemon, "top", "ops2")
+    assert top.returncode == 0, top.stderr
+    assert top.stdout.split("\n")[0].split()[:2] == ["UID", "PID"]
+    assert top.stdout.strip().endswith("sleep 60")
+    stats = docker(daemon, "stats", "--no-stream", "ops2")
+    assert stats.returncode == 0, stats.stderr
+    header, line = stats.stdout.strip().split("\n")
+    assert "CPU %" in header and "MEM USAGE / LIMIT" in header and "PIDS" in header
+    fields = line.split()
+    assert fields[1] == "ops2" and fields[2].endswith("%") and fields[-1] == "1"
+    assert "/" in line and "B" in fields[3]
+    assert docker(daemon, "rm", "-f", "ops2").returncode == 0
+
+
+def test_restart_policies(daemon: Daemon) -> None:
+    run = docker(daemon, "run", "-d", "--name", "flaky", "--restart", "on-failure:2",
+                 "busybox", "sh", "-c", "exit 1")  # fmt: skip
+    always = docker(daemon, "run", "-d", "--name", "keeper", "--restart", "always",
+                    "busybox", "sleep", "60")  # fmt: skip
+    _track(daemon)
+    assert run.returncode == 0 and always.returncode == 0, run.stderr + always.stderr
+    template = "{{.State.Status}} {{.RestartCount}} {{.State.ExitCode}}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = docker(daemon, "inspect", "-f", template, "flaky").stdout.split()
+        if state == ["exited", "2", "1"]:
+            break
+        time.sleep(0.1)
+    assert state == ["exited", "2", "1"]
+    # `always` survives a daemon restart, even when its process dies meanwhile
+    pid = int(docker(daemon, "inspect", "-f", "{{.State.Pid}}", "keeper").stdout)
+    daemon.stop()
+    os.kill(pid, 9)
+    time.sleep(0.3)
+    daemon.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the exit may reach the new daemon a moment later
+        state = docker(daemon, "inspect", "-f", "{{.State.Status}} {{.RestartCount}}", "keeper")
+        if state.stdout.split() == ["running", "1"]:
+            break
+        time.sleep(0.1)
+    assert state.stdout.split() == ["running", "1"]
+    assert "keeper" in docker(daemon, "ps", "--format", "{{.Names}}").stdout.split()
+    assert docker(daemon, "rm", "-f", "flaky", "keeper").returncode == 0

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 
 from aiohttp import web
 
-from berth.api.hijack import MULTIPLEXED_STREAM, RAW_STREAM, STDERR, STDOUT, frame, hijack
+from berth.api.hijack import (
+    MULTIPLEXED_STREAM,
+    RAW_STREAM,
+    STDERR,
+    STDOUT,
+    frame,
+    hijack,
+    splice,
+)
 from berth.api.server import (
     add,
     json_body,
@@ -67,7 +74,9 @@ async def wait(request: web.Request) -> web.StreamResponse:
 async def remove(request: web.Request) -> web.StreamResponse:
     if qbool(request, "link"):
         raise InvalidArgument("links are not supported")
-    await services(request).containers.remove(_id(request), force=qbool(request, "force"))
+    await services(request).containers.remove(
+        _id(request), force=qbool(request, "force"), volumes=qbool(request, "v")
+    )
     return web.Response(status=204)
 
 
@@ -155,27 +164,9 @@ async def attach(request: web.Request) -> web.StreamResponse:
         m_writer.close()
         raise
 
-    async def upstream() -> None:
-        """The client's stdin to the monitor; the client's EOF is passed on."""
-        try:
-            while data := await client.reader.read(65536):
-                m_writer.write(data)
-                await m_writer.drain()
-            if m_writer.can_write_eof():
-                m_writer.write_eof()
-        except (ConnectionError, OSError):
-            pass
-
-    up = asyncio.create_task(upstream())
     try:
-        while data := await m_reader.read(65536):
-            if not await client.write(data):
-                break
-    except (ConnectionError, OSError):
-        pass
+        await splice(client, m_reader, m_writer)
     finally:
-        up.cancel()
-        await asyncio.gather(up, return_exceptions=True)
         m_writer.close()
         client.close()
     return client.response

@@ -1,4 +1,4 @@
-"""Connection hijacking for attach (and later exec), and Docker's stream framing.
+"""Connection hijacking for attach and exec, and Docker's stream framing.
 
 The docker CLI needs ``101 UPGRADED`` (a 200 breaks it). After the status line the
 socket is taken from aiohttp: its transport moves to a ``StreamReaderProtocol`` whose
@@ -80,3 +80,32 @@ async def hijack(request: web.Request, content_type: str) -> Hijacked:
     transport.resume_reading()
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     return Hijacked(response, reader, writer)
+
+
+async def splice(
+    client: Hijacked, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Copy the monitor's stream (``reader``) to the client until it ends, and the
+    client's input to the monitor (``writer``), passing the client's half-close on.
+    Closes neither the client nor ``writer``."""
+
+    async def upstream() -> None:
+        try:
+            while data := await client.reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+        except (ConnectionError, OSError):
+            pass
+
+    up = asyncio.create_task(upstream())
+    try:
+        while data := await reader.read(65536):
+            if not await client.write(data):
+                break
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        up.cancel()
+        await asyncio.gather(up, return_exceptions=True)

@@ -56,7 +56,9 @@ def status_for(exc: BaseException) -> int:
 def error_response(status: int, message: str) -> web.Response:
     if status == 304:
         return web.Response(status=304)
-    return web.json_response({"message": message}, status=status)
+    # Exactly "application/json": the docker CLI decodes the message only then.
+    body = json.dumps({"message": message}).encode()
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 @web.middleware
@@ -176,7 +178,7 @@ def add(app: web.Application, method: str, path: str, handler: Handler) -> None:
 
 
 def make_app(services_: Services) -> web.Application:
-    from berth.api import containers, images
+    from berth.api import container_ops, containers, execs, images, volumes
 
     app = web.Application(
         middlewares=[headers_middleware, error_middleware], client_max_size=64 * 1024**2
@@ -187,4 +189,7 @@ def make_app(services_: Services) -> web.Application:
     add(app, "GET", "/info", info)
     images.register(app)
     containers.register(app)
+    execs.register(app)
+    container_ops.register(app)
+    volumes.register(app)
     return app

@@ -22,9 +22,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from berth.engine import jsonlog, specgen
+from berth.engine import jsonlog, restarts, specgen
+from berth.engine.container_ops import ContainerOps
+from berth.engine.execs import ExecService
 from berth.engine.monitor_client import MonitorClient
+from berth.engine.restarts import RestartManager
 from berth.engine.state import EngineDB
+from berth.engine.volumes import VolumeService, mount_points
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound, SystemFailure
 from berth.images.store import ImageStore
 
@@ -127,6 +131,10 @@ class ContainerService:
         self.images = images
         self.db = EngineDB(root)
         self.monitor = MonitorClient(exec_root)
+        self.volumes = VolumeService(root, self.db)
+        self.execs = ExecService(self)
+        self.restarts = RestartManager(self)
+        self.ops = ContainerOps(self)
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, list[tuple[str, asyncio.Future[int]]]] = {}
         self._events_task: asyncio.Task[None] | None = None
@@ -167,9 +175,11 @@ class ContainerService:
                 await self._apply_exit_file(container.id)
             elif container.id not in known:
                 await self._on_exit(container.id, 255, _now(), "the monitor lost the container")
+        await self.restarts.startup()
 
     async def shutdown(self) -> None:
         """Stop following events and unmount every rootfs; containers keep running."""
+        await self.restarts.shutdown()
         if self._events_task is not None:
             self._events_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -187,6 +197,8 @@ class ContainerService:
                     event = json.loads(line)
                     if event.get("event") == "exit":
                         await self._apply_exit_file(event["id"], event)
+                    elif event.get("event") == "exec-exit":
+                        self.execs.on_exit(event)
             except (OSError, ValueError) as exc:
                 print(f"berthd: monitor events: {exc}", flush=True)
             finally:
@@ -230,6 +242,7 @@ class ContainerService:
             container.state.update(
                 Status=EXITED,
                 Running=False,
+                Paused=False,
                 Pid=0,
                 ExitCode=code,
                 Error=error,
@@ -238,9 +251,11 @@ class ContainerService:
             self.db.update(container_id, container.data)
             self._resolve(container_id, ("not-running", "next-exit"), code)
             auto_remove = container.spec.auto_remove
+        if self.restarts.after_exit(container_id):
+            return
         if auto_remove:
             try:
-                await self.remove(container_id, force=True)
+                await self.remove(container_id, force=True, volumes=True)
             except BerthError as exc:
                 print(f"berthd: auto-remove of {container_id[:12]}: {exc}", flush=True)
 
@@ -276,6 +291,7 @@ class ContainerService:
                     f"Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
                 )
             name = name.removeprefix("/")
+        restarts.validate(body.get("HostConfig") or {})
         image_ref = str(body.get("Image") or "")
         if not image_ref:
             raise InvalidArgument("no image given: the container config needs Image")
@@ -322,6 +338,9 @@ class ContainerService:
                 container_id, image.top_layer, labels={"berth.container": name}
             )
             self._mount(container_id)
+            self.volumes.attach(spec, self.rootfs(container_id))
+            record["Spec"] = spec.to_dict()
+            self.db.update(container_id, record)
         except BaseException:
             self._discard(container_id)
             raise
@@ -388,8 +407,10 @@ class ContainerService:
 
     # ---- start, stop, kill ---------------------------------------------------------------
 
-    async def start(self, ref: str) -> None:
+    async def start(self, ref: str, *, by_policy: bool = False) -> None:
         container = self.get(ref)
+        if not by_policy:
+            self.restarts.cancel(container.id)
         async with self._lock(container.id):
             container = self.get(container.id)
             if container.status == RUNNING:
@@ -428,9 +449,12 @@ class ContainerService:
                     "loopback_up": spec.network_mode != "host",
                 }
             )
+            container.data.pop("ManuallyStopped", None)
             container.state.update(
                 Status=RUNNING,
                 Running=True,
+                Paused=False,
+                Restarting=False,
                 Pid=int(answer["pid"]),
                 ExitCode=0,
                 Error="",
@@ -461,8 +485,16 @@ class ContainerService:
         number = parse_signal(str(sig)) if sig not in (None, "") else int(signal.SIGKILL)
         if container.status != RUNNING:
             raise Conflict(f"Cannot kill container: {ref}: container {container.id} is not running")
+        self.restarts.stopped_by_user(container.id)
         try:
-            await self.monitor.call({"op": "kill", "id": container.id, "signal": number})
+            await self.monitor.call(
+                {
+                    "op": "kill",
+                    "id": container.id,
+                    "signal": number,
+                    "resume": bool(container.state.get("Paused")),
+                }
+            )
         except Conflict:
             raise Conflict(
                 f"Cannot kill container: {ref}: container {container.id} is not running"
@@ -472,6 +504,7 @@ class ContainerService:
         from berth.runtime.container import parse_signal
 
         container = self.get(ref)
+        self.restarts.stopped_by_user(container.id)
         if container.status != RUNNING:
             raise NotModified(f"container {container.id} is not running")
         spec = container.spec
@@ -480,7 +513,14 @@ class ContainerService:
         number = parse_signal(sig) if sig else specgen.stop_signal_number(spec)
         exited = self._future(container.id, "next-exit")
         with contextlib.suppress(Conflict):
-            await self.monitor.call({"op": "kill", "id": container.id, "signal": number})
+            await self.monitor.call(
+                {
+                    "op": "kill",
+                    "id": container.id,
+                    "signal": number,
+                    "resume": bool(container.state.get("Paused")),
+                }
+            )
         if timeout < 0:
             await exited
             return
@@ -512,8 +552,9 @@ class ContainerService:
 
     # ---- remove --------------------------------------------------------------------------
 
-    async def remove(self, ref: str, *, force: bool = False) -> None:
+    async def remove(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
         container = self.get(ref)
+        self.restarts.stopped_by_user(container.id)
         if container.status == RUNNING:
             if not force:
                 raise Conflict(
@@ -543,10 +584,13 @@ class ContainerService:
             container.state["Status"] = REMOVING
             self.db.update(container.id, container.data)
             self._discard(container.id)
+            if volumes:
+                self.volumes.release(container.spec)
         self._resolve(
             container.id, ("removed", "not-running", "next-exit"), int(container.state["ExitCode"])
         )
         self._waiters.pop(container.id, None)
+        self.execs.forget(container.id)
 
     # ---- attach and logs -------------------------------------------------------------------
 
@@ -688,17 +732,18 @@ class ContainerService:
             StopSignal=spec.stop_signal,
         )
         host_config = {
-            "Binds": [
-                f"{b.source}:{b.destination}{':ro' if b.readonly else ''}" for b in spec.binds
-            ]
-            or None,
+            "Binds": (data.get("HostConfig") or {}).get("Binds"),
+            "Mounts": (data.get("HostConfig") or {}).get("Mounts"),
+            "Tmpfs": (data.get("HostConfig") or {}).get("Tmpfs"),
             "NetworkMode": "bridge" if spec.network_mode == "bridge" else spec.network_mode,
             "AutoRemove": spec.auto_remove,
             "LogConfig": {
                 "Type": "json-file",
                 "Config": {"max-size": str(spec.log_max_size), "max-file": str(spec.log_max_files)},
             },
-            "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+            "RestartPolicy": dict(
+                zip(("Name", "MaximumRetryCount"), restarts.policy_of(data), strict=True)
+            ),
             "Memory": spec.memory,
             "MemorySwap": spec.memory_swap,
             "NanoCpus": spec.nano_cpus,
@@ -708,7 +753,7 @@ class ContainerService:
             "CapDrop": spec.cap_drop or None,
             "Privileged": spec.privileged,
             "ReadonlyRootfs": spec.readonly_rootfs,
-            "SecurityOpt": ["seccomp=unconfined"] if spec.seccomp_unconfined else None,
+            "SecurityOpt": (data.get("HostConfig") or {}).get("SecurityOpt"),
             "ShmSize": specgen.SHM_SIZE,
             "PortBindings": {},
             "Runtime": "berth-runtime",
@@ -716,8 +761,7 @@ class ContainerService:
         }
         args = spec.args
         state = dict(container.state)
-        if state["Status"] == REMOVING:
-            state["Status"] = "removing"
+        state["Status"] = _display_status(container)
         return {
             "Id": container.id,
             "Created": data["Created"],
@@ -736,20 +780,10 @@ class ContainerService:
             "MountLabel": "",
             "ProcessLabel": "",
             "AppArmorProfile": "",
-            "ExecIDs": None,
+            "ExecIDs": self.execs.ids_of(container.id) or None,
             "HostConfig": host_config,
             "GraphDriver": {"Name": "overlay", "Data": None},
-            "Mounts": [
-                {
-                    "Type": "bind",
-                    "Source": b.source,
-                    "Destination": b.destination,
-                    "Mode": "ro" if b.readonly else "",
-                    "RW": not b.readonly,
-                    "Propagation": b.propagation,
-                }
-                for b in spec.binds
-            ],
+            "Mounts": mount_points(spec),
             "Config": config,
             "NetworkSettings": self._network_settings(spec),
             "Warnings": spec.warnings or None,
@@ -786,7 +820,8 @@ class ContainerService:
             status = container.status
             if status == REMOVING:
                 continue
-            if not all and status != RUNNING and "status" not in filters:
+            restarting = bool(container.state.get("Restarting"))
+            if not all and status != RUNNING and not restarting and "status" not in filters:
                 continue
             if not _matches(container, filters):
                 continue
@@ -794,6 +829,11 @@ class ContainerService:
             state = container.state
             if status == RUNNING:
                 text = "Up " + human_duration(now - _epoch(state["StartedAt"]))
+                if state.get("Paused"):
+                    text += " (Paused)"
+            elif state.get("Restarting"):
+                ago = human_duration(now - _epoch(state["FinishedAt"]))
+                text = f"Restarting ({state['ExitCode']}) {ago} ago"
             elif status == EXITED:
                 ago = human_duration(now - _epoch(state["FinishedAt"]))
                 text = f"Exited ({state['ExitCode']}) {ago} ago"
@@ -809,21 +849,11 @@ class ContainerService:
                     "Created": int(_epoch(container.data["Created"])),
                     "Ports": [],
                     "Labels": spec.labels,
-                    "State": status,
+                    "State": _display_status(container),
                     "Status": text,
                     "HostConfig": {"NetworkMode": spec.network_mode},
                     "NetworkSettings": {"Networks": self._network_settings(spec)["Networks"]},
-                    "Mounts": [
-                        {
-                            "Type": "bind",
-                            "Source": b.source,
-                            "Destination": b.destination,
-                            "Mode": "ro" if b.readonly else "",
-                            "RW": not b.readonly,
-                            "Propagation": b.propagation,
-                        }
-                        for b in spec.binds
-                    ],
+                    "Mounts": mount_points(spec),
                 }
             )
             if 0 < limit <= len(result):
@@ -839,11 +869,23 @@ class ContainerService:
         }
         for record in self.db.all():
             counts["Containers"] += 1
-            if record["State"]["Status"] == RUNNING:
+            if record["State"].get("Paused"):
+                counts["ContainersPaused"] += 1
+            elif record["State"]["Status"] == RUNNING:
                 counts["ContainersRunning"] += 1
             else:
                 counts["ContainersStopped"] += 1
         return counts
+
+
+def _display_status(container: Container) -> str:
+    """Docker's State.Status: paused and restarting are flags in the record."""
+    state = container.state
+    if state.get("Paused") and container.status == RUNNING:
+        return "paused"
+    if state.get("Restarting"):
+        return "restarting"
+    return container.status
 
 
 def _entries_of(name: str) -> list[tuple[str, str, str]]:
@@ -877,7 +919,7 @@ def _matches(container: Container, filters: dict[str, Any]) -> bool:
         re.search(n.removeprefix("/"), container.name) for n in names
     ):
         return False
-    if (statuses := values("status")) and container.status not in statuses:
+    if (statuses := values("status")) and _display_status(container) not in statuses:
         return False
     spec = container.spec
     for label in values("label"):

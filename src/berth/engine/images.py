@@ -132,7 +132,6 @@ class ImageService:
             ProgressEvent,
             _go_json,
             docker_json_line,
-            pull_status_line,
         )
 
         reference = from_image
@@ -147,17 +146,9 @@ class ImageService:
 
         async def run() -> None:
             try:
-                before = None
-                try:
-                    before = self.store.get(reference).id
-                except BerthError:
-                    pass
+                # the client itself ends the stream with Docker's "Digest:" and "Status:"
                 async with RegistryClient(insecure_registries=self.insecure_registries) as client:
-                    image = await pull_image(client, self.store, reference, progress=progress)
-                queue.put_nowait(
-                    docker_json_line(ProgressEvent(None, f"Digest: {image.manifest_digest}"))
-                )
-                queue.put_nowait(docker_json_line(pull_status_line(reference, before != image.id)))
+                    await pull_image(client, self.store, reference, progress=progress)
             except BerthError as exc:
                 queue.put_nowait(
                     (

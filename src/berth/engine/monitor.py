@@ -14,9 +14,10 @@ single-threaded process, in its own session, so that containers outlive the daem
 The daemon speaks to it over ``<exec-root>/monitor.sock``: one JSON object per line,
 one answer line ``{"ok": true, ...}`` or ``{"ok": false, "kind": "NotFound",
 "error": "..."}``. Two requests turn the connection into a stream after the answer:
-``attach`` (container output as Docker frames, stdin the other way) and ``events``
-(one JSON line per exit). No asyncio, no aiohttp: the process stays small so that
-its forks stay cheap.
+``attach`` (container output as Docker frames, stdin the other way), ``exec`` (the
+same for a process it starts in a running container with ``Runtime.exec_start``) and
+``events`` (one JSON line per exit, ``exit`` or ``exec-exit``). No asyncio, no
+aiohttp: the process stays small so that its forks stay cheap.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from berth.errors import BerthError, Conflict, NotFound
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
-    from berth.runtime.container import Runtime
+    from berth.runtime.container import Runtime, Started
 
 SOCKET_NAME = "monitor.sock"
 PIDFILE_NAME = "monitor.pid"
@@ -90,8 +92,11 @@ class Conn:
 
 
 class Container:
-    def __init__(self, container_id: str, pid: int, tty: bool, log: JsonLogWriter) -> None:
+    """A container's init, or (``exec_of`` set) a process exec'd into a container."""
+
+    def __init__(self, container_id: str, pid: int, tty: bool, log: JsonLogWriter | None) -> None:
         self.id = container_id
+        self.exec_of = ""
         self.pid = pid
         self.tty = tty
         self.log = log
@@ -114,6 +119,7 @@ class Monitor:
         self.runtime: Runtime = Runtime(os.path.join(exec_root, "runtime"))
         self.selector = selectors.DefaultSelector()
         self.containers: dict[str, Container] = {}
+        self.execs: dict[str, Container] = {}  # by exec id
         self.by_pid: dict[int, Container] = {}
         self.by_fd: dict[int, Container] = {}
         self.pending: dict[str, list[Conn]] = {}  # attach before start
@@ -169,7 +175,8 @@ class Monitor:
         self.stopping = True
 
     def _tick(self) -> None:
-        timeout = 1.0 if any(c.exit_code is not None for c in self.containers.values()) else None
+        procs = [*self.containers.values(), *self.execs.values()]
+        timeout = 1.0 if any(c.exit_code is not None for c in procs) else None
         for key, mask in self.selector.select(timeout if timeout is not None else 5.0):
             kind, obj = key.data
             try:
@@ -194,7 +201,7 @@ class Monitor:
                 _log(f"error handling {kind}: {type(exc).__name__}: {exc}")
         self._reap()
         now = time.monotonic_ns()
-        for container in list(self.containers.values()):
+        for container in [*self.containers.values(), *self.execs.values()]:
             if container.exit_code is not None and (
                 not container.outputs or now - container.exited_ns > DRAIN_SECONDS * 1e9
             ):
@@ -284,7 +291,7 @@ class Monitor:
         waiting = self.pending.get(conn.container_id)
         if waiting and conn in waiting:
             waiting.remove(conn)
-        container = self.containers.get(conn.container_id)
+        container = self._proc(conn.container_id)
         if container and conn in container.attached:
             container.attached.remove(conn)
             if conn.stdin and conn.close_stdin:
@@ -307,6 +314,10 @@ class Monitor:
         except Exception as exc:
             _log(f"{type(exc).__name__} in {line[:200]!r}: {exc}")
             self._reply(conn, {"ok": False, "kind": "SystemFailure", "error": str(exc)})
+
+    def _proc(self, some_id: str) -> Container | None:
+        """A container by id, or an exec by its exec id."""
+        return self.containers.get(some_id) or self.execs.get(some_id)
 
     # ---- operations ---------------------------------------------------------------------
 
@@ -367,8 +378,8 @@ class Monitor:
                 if stdin_fd >= 0:
                     os.set_blocking(stdin_fd, False)
             else:
-                started, outputs, stdin_fd = self._create_with_pipes(
-                    container_id, request["bundle"], open_stdin
+                started, outputs, stdin_fd = self._with_pipes(
+                    open_stdin, lambda: self.runtime.create(container_id, request["bundle"])
                 )
         except BaseException:
             log.close()
@@ -391,6 +402,9 @@ class Monitor:
             except BerthError:
                 pass
             self._reap()
+            for waiting in self.pending.pop(container_id, []):  # attached for this start
+                waiting.closing = True
+                self._flush_conn(waiting)
             raise
         self.containers[container_id] = container
         self.by_pid[started.pid] = container
@@ -407,9 +421,11 @@ class Monitor:
                 self._close_stdin(container)
         return {"pid": started.pid}
 
-    def _create_with_pipes(
-        self, container_id: str, bundle: str, open_stdin: bool
-    ) -> tuple[Any, dict[int, int], int]:
+    def _with_pipes(
+        self, open_stdin: bool, make: Callable[[], Started]
+    ) -> tuple[Started, dict[int, int], int]:
+        """Run ``make`` (a create or an exec) with new pipes on fds 0-2, which its
+        process inherits; our ends: {fd: stream} of the outputs, and stdin (or -1)."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         if open_stdin:
@@ -421,7 +437,7 @@ class Monitor:
             os.dup2(in_r, 0)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
-            started = self.runtime.create(container_id, bundle)
+            started = make()
         except BaseException:
             for fd in (out_r, err_r, in_w):
                 if fd >= 0:
@@ -443,6 +459,11 @@ class Monitor:
         if container is None or container.exit_code is not None:
             raise Conflict(f"container {request['id']} is not running")
         self.runtime.kill(request["id"], int(request.get("signal", signal.SIGKILL)))
+        if request.get("resume"):  # stop of a paused container: let it act on the signal
+            try:
+                self.runtime.resume(request["id"])
+            except Conflict:
+                pass
 
     def op_resize(self, conn: Conn, request: dict[str, Any]) -> None:
         container = self.containers.get(request["id"])
@@ -453,6 +474,86 @@ class Monitor:
         fd = next(iter(container.outputs), -1)
         if fd >= 0:
             console.set_size(fd, int(request.get("h", 24)), int(request.get("w", 80)))
+
+    def op_exec(self, conn: Conn, request: dict[str, Any]) -> dict[str, Any]:
+        """Start ``process`` (an OCI process) in a running container. Unless detached,
+        the connection then streams like an attach of the exec (``exec_id``)."""
+        container_id, exec_id = request["id"], request["exec_id"]
+        self._running(container_id)
+        if exec_id in self.execs:
+            raise Conflict(f"exec {exec_id} is already running")
+        proc_config = request["process"]
+        tty = bool(proc_config.get("terminal"))
+        detach = bool(request.get("detach"))
+        open_stdin = bool(request.get("stdin")) and not detach
+        outputs: dict[int, int] = {}
+        stdin_fd = -1
+        if tty:
+            started = self.runtime.exec_start(container_id, proc_config)
+            assert started.console_master is not None
+            master = started.console_master
+            os.set_blocking(master, False)
+            outputs[master] = STDOUT
+            if open_stdin:
+                stdin_fd = os.dup(master)
+                os.set_blocking(stdin_fd, False)
+        else:
+            started, outputs, stdin_fd = self._with_pipes(
+                open_stdin, lambda: self.runtime.exec_start(container_id, proc_config)
+            )
+        proc = Container(exec_id, started.pid, tty, None)
+        proc.exec_of = container_id
+        proc.outputs = outputs
+        proc.stdin_fd = stdin_fd
+        self.execs[exec_id] = proc
+        self.by_pid[started.pid] = proc
+        for fd in outputs:
+            self.by_fd[fd] = proc
+            self.selector.register(fd, selectors.EVENT_READ, ("output", proc))
+        if not detach:
+            conn.mode = "attach"
+            conn.container_id = exec_id
+            conn.streams = {STDOUT} if request.get("stdout", True) else set()
+            if request.get("stderr", True):
+                conn.streams.add(STDERR)
+            conn.stdin = open_stdin
+            conn.close_stdin = True
+            proc.attached.append(conn)
+        return {"pid": started.pid}
+
+    def op_exec_resize(self, conn: Conn, request: dict[str, Any]) -> None:
+        proc = self.execs.get(request["exec_id"])
+        if proc is None or not proc.tty:
+            return
+        from berth.runtime import console
+
+        fd = next(iter(proc.outputs), -1)
+        if fd >= 0:
+            console.set_size(fd, int(request.get("h", 24)), int(request.get("w", 80)))
+
+    def _running(self, container_id: str) -> Container:
+        container = self.containers.get(container_id)
+        if container is None or container.exit_code is not None:
+            raise Conflict(f"container {container_id} is not running")
+        return container
+
+    def op_pause(self, conn: Conn, request: dict[str, Any]) -> None:
+        self._running(request["id"])
+        self.runtime.pause(request["id"])
+
+    def op_resume(self, conn: Conn, request: dict[str, Any]) -> None:
+        self._running(request["id"])
+        self.runtime.resume(request["id"])
+
+    def op_pids(self, conn: Conn, request: dict[str, Any]) -> dict[str, Any]:
+        self._running(request["id"])
+        return {"pids": self.runtime.pids(request["id"])}
+
+    def op_cgroup(self, conn: Conn, request: dict[str, Any]) -> dict[str, Any]:
+        """The container's cgroup directories, by controller (for stats)."""
+        self._running(request["id"])
+        state = self.runtime.store.load(request["id"])
+        return {"paths": state.cgroup_paths, "pid": state.pid}
 
     def op_shutdown(self, conn: Conn, request: dict[str, Any]) -> None:
         """Stop serving (tests; upgrades). Refused while containers run unless forced."""
@@ -478,8 +579,8 @@ class Monitor:
         if not data:
             self._close_output(container, fd)
             return
-        name = "stdout" if stream == STDOUT else "stderr"
-        container.log.write(name, data)
+        if container.log is not None:
+            container.log.write("stdout" if stream == STDOUT else "stderr", data)
         chunk = data if container.tty else frame(stream, data)
         for conn in list(container.attached):
             if stream in conn.streams:
@@ -495,7 +596,7 @@ class Monitor:
         os.close(fd)
 
     def _attach_input(self, conn: Conn, data: bytes) -> None:
-        container = self.containers.get(conn.container_id)
+        container = self._proc(conn.container_id)
         if container is not None and conn not in container.attached:
             container = None  # attached for the next start, not this run
         if not data:  # the client closed its side (stdin at EOF): output still flows
@@ -574,18 +675,28 @@ class Monitor:
     def _finish(self, container: Container) -> None:
         """The init is reaped and its output drained: record, clean up, tell."""
         for fd in list(container.outputs):
-            while True:
+            for _ in range(256):  # what is buffered, not what a leftover process writes on
                 try:
                     data = os.read(fd, 65536)
                 except OSError:
                     data = b""
                 if not data:
                     break
-                container.log.write("stdout" if container.outputs[fd] == STDOUT else "stderr", data)
+                stream = container.outputs[fd]
+                if container.log is not None:
+                    container.log.write("stdout" if stream == STDOUT else "stderr", data)
+                chunk = data if container.tty else frame(stream, data)
+                for conn in list(container.attached):
+                    if stream in conn.streams:
+                        self._send(conn, chunk)
             self._close_output(container, fd)
-        container.log.close()
+        if container.log is not None:
+            container.log.close()
         container.stdin_buf.clear()
         self._close_stdin(container)
+        if container.exec_of:
+            self._finish_exec(container)
+            return
         finished = container.finished or rfc3339nano()
         record = {"ExitCode": container.exit_code, "FinishedAt": finished, "Pid": container.pid}
         try:
@@ -604,6 +715,19 @@ class Monitor:
         event = json.dumps({"event": "exit", "id": container.id, **record}).encode() + b"\n"
         for conn in list(self.events):
             self._send(conn, event)
+
+    def _finish_exec(self, proc: Container) -> None:
+        self.execs.pop(proc.id, None)
+        record = {"ExitCode": proc.exit_code, "Pid": proc.pid, "container": proc.exec_of}
+        # The event first: the daemon records the exit code before the client's stream
+        # ends (the docker CLI inspects the exec right after).
+        event = json.dumps({"event": "exec-exit", "id": proc.id, **record}).encode() + b"\n"
+        for conn in list(self.events):
+            self._send(conn, event)
+        for conn in list(proc.attached):
+            conn.closing = True
+            self._flush_conn(conn)
+        proc.attached.clear()
 
 
 def _loopback_up(pid: int) -> None:

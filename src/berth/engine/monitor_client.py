@@ -125,12 +125,19 @@ class MonitorClient:
         self, request: dict[str, Any]
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Send ``attach`` or ``events``; after the answer the connection is a stream."""
+        _, reader, writer = await self.stream_answer(request)
+        return reader, writer
+
+    async def stream_answer(
+        self, request: dict[str, Any]
+    ) -> tuple[dict[str, Any], asyncio.StreamReader, asyncio.StreamWriter]:
+        """``stream``, with the answer (``exec`` answers the process's pid)."""
         reader, writer = await self._open()
         try:
             writer.write(json.dumps(request).encode() + b"\n")
             await writer.drain()
-            await self._answer(reader)
+            answer = await self._answer(reader)
         except BaseException:
             writer.close()
             raise
-        return reader, writer
+        return answer, reader, writer

@@ -58,6 +58,19 @@ class EngineDB:
                 "UPDATE containers SET record = ? WHERE id = ?", (json.dumps(record), container_id)
             )
 
+    def rename(self, container_id: str, name: str, record: dict[str, Any]) -> None:
+        try:
+            with self.conn:
+                self.conn.execute(
+                    "UPDATE containers SET name = ?, record = ? WHERE id = ?",
+                    (name, json.dumps(record), container_id),
+                )
+        except sqlite3.IntegrityError:
+            raise Conflict(
+                f'Conflict. The container name "/{name}" is already in use: remove or rename'
+                " that container to be able to reuse that name."
+            ) from None
+
     def delete(self, container_id: str) -> None:
         with self.conn:
             self.conn.execute("DELETE FROM containers WHERE id = ?", (container_id,))
