@@ -1,0 +1,599 @@
+"""A synchronous Engine API client over the daemon's unix socket: Berth's Python SDK.
+
+Standard library only (``http.client`` and a socket), so ``berth ps`` starts fast::
+
+    from berth.client import Client
+
+    with Client() as client:                  # $BERTH_HOST, $DOCKER_HOST, or berthd's socket
+        client.bootstrap_image("busybox")
+        created = client.create_container({"Image": "busybox", "Cmd": ["echo", "hi"]})
+        client.start(created["Id"])
+        print(client.wait(created["Id"]))     # 0
+        for stream, data in client.logs(created["Id"]):
+            print(stream, data)
+
+The API version is negotiated through ``/_ping`` on the first call (the lower of the
+daemon's and :data:`API_VERSION`), unless given (``version=`` or
+``$BERTH_API_VERSION``/``$DOCKER_API_VERSION``). Error answers raise
+:class:`~berth.client.errors.APIError` (:class:`NotFoundError` for 404,
+:class:`ConflictError` for 409) carrying the daemon's message. A client may be used
+from several threads: a call that finds the kept-alive connection busy opens its own.
+"""
+
+from __future__ import annotations
+
+import _thread
+import http.client
+import json
+import os
+import time
+from collections.abc import Iterator
+from urllib.parse import quote, urlencode
+
+from berth.client.errors import (
+    APIError,
+    ClientError,
+    DaemonUnreachable,
+    NotFoundError,
+    NotSupported,
+    api_error,
+)
+from berth.client.streams import (
+    MULTIPLEXED_STREAM,
+    RAW_STREAM,
+    HijackedStream,
+    iter_frames,
+    iter_json,
+    read_body,
+    read_head,
+)
+from berth.client.transport import Address, Connection, default_host, open_socket, parse_host
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds at start-up; annotations stay strings here
+    from typing import Any
+
+    Params = dict[str, Any]
+
+API_VERSION = "1.45"  # the newest Engine API version this client speaks
+MIN_API_VERSION = "1.24"  # what a daemon without an Api-Version header is taken to speak
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        return (0,)
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _message(status: int, body: bytes) -> str:
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text or f"the daemon answered HTTP {status}"
+    if isinstance(data, dict) and data.get("message"):
+        return str(data["message"])
+    return text or f"the daemon answered HTTP {status}"
+
+
+def _quote(name: str) -> str:
+    return quote(name, safe="/:@")
+
+
+class Response:
+    """A whole answer: status, lower-case headers, body."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            raise ClientError(f"the daemon's answer is not JSON: {self.body[:80]!r}") from None
+
+
+class StreamResponse:
+    """An answer read as it arrives (logs, pull progress, wait), on its own connection."""
+
+    def __init__(self, connection: Connection, response: http.client.HTTPResponse) -> None:
+        self.connection = connection
+        self.response = response
+        self.status = response.status
+        self.headers = {k.lower(): v for k, v in response.getheaders()}
+
+    def read_chunk(self) -> bytes:
+        """What has arrived (at most 64 KiB); ``b""`` at the end."""
+        try:
+            return self.response.read1(65536)
+        except (http.client.IncompleteRead, ConnectionResetError):
+            return b""
+
+    def read_all(self) -> bytes:
+        try:
+            return self.response.read()
+        except http.client.IncompleteRead as exc:
+            return bytes(exc.partial)
+
+    def close(self) -> None:
+        self.response.close()
+        self.connection.close()
+
+    def __enter__(self) -> StreamResponse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Waiter:
+    """A ``wait`` registered with the daemon; :meth:`result` blocks for the exit code.
+
+    Made before ``start`` (as ``docker run`` does), it cannot miss a quick exit.
+    """
+
+    def __init__(self, stream: StreamResponse) -> None:
+        self._stream = stream
+
+    def result(self) -> int:
+        with self._stream:
+            body = self._stream.read_all()
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise ClientError("the daemon closed the wait without an exit code") from None
+        error = data.get("Error") or {}
+        if isinstance(error, dict) and error.get("Message"):
+            raise APIError(500, str(error["Message"]))
+        return int(data.get("StatusCode", 0))
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class Client:
+    """One daemon. ``host``: ``unix:///path`` or ``tcp://HOST:PORT``."""
+
+    def __init__(
+        self,
+        host: str | None = None,
+        *,
+        version: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.address: Address = parse_host(host or default_host())
+        self.host = self.address.host
+        self.timeout = timeout
+        self._version = (
+            version
+            or os.environ.get("BERTH_API_VERSION")
+            or os.environ.get("DOCKER_API_VERSION")
+            or None
+        )
+        self._kept: Connection | None = None
+        self._lock = _thread.allocate_lock()
+
+    # ---- connection and version -----------------------------------------------------------
+
+    def close(self) -> None:
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def api_version(self) -> str:
+        """The negotiated API version (asks ``/_ping`` the first time)."""
+        if self._version is None:
+            response = self._exchange("GET", "/_ping", None, {})
+            if response.status >= 400:
+                raise api_error(response.status, _message(response.status, response.body))
+            server = response.headers.get("api-version") or MIN_API_VERSION
+            self._version = min(server, API_VERSION, key=_version_tuple)
+        return self._version
+
+    def url(self, path: str, params: Params | None = None, *, versioned: bool = True) -> str:
+        url = f"/v{self.api_version}{path}" if versioned else path
+        if params:
+            query = {k: _query_value(v) for k, v in params.items() if v is not None}
+            if query:
+                url += "?" + urlencode(query)
+        return url
+
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        *,
+        stream: bool = False,
+    ) -> Any:
+        """One request; a :class:`Response`, or a :class:`StreamResponse` if ``stream``."""
+        kept = not stream and self._lock.acquire(False)
+        if kept:
+            if self._kept is None:
+                self._kept = Connection(self.address, self.timeout)
+            connection = self._kept
+        else:
+            connection = Connection(self.address, self.timeout)
+        try:
+            for attempt in (0, 1):
+                reused = connection.sock is not None
+                try:
+                    connection.request(method, url, body=body, headers=headers)
+                    response = connection.getresponse()
+                    break
+                except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                    connection.close()
+                    if reused and attempt == 0:
+                        continue  # the daemon closed an idle kept-alive connection
+                    raise DaemonUnreachable(
+                        f"berthd at {self.host} closed the connection: see its log"
+                    ) from None
+                except TimeoutError:
+                    connection.close()
+                    raise DaemonUnreachable(
+                        f"berthd at {self.host} did not answer in time"
+                    ) from None
+                except http.client.HTTPException as exc:
+                    connection.close()
+                    raise ClientError(f"bad answer from berthd at {self.host}: {exc!r}") from None
+            if stream:
+                return StreamResponse(connection, response)
+            try:
+                data = response.read()
+            except (http.client.HTTPException, OSError) as exc:
+                connection.close()
+                raise DaemonUnreachable(
+                    f"berthd at {self.host} broke off its answer: {exc}"
+                ) from None
+            if response.will_close:
+                connection.close()
+            return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
+        except BaseException:
+            if not kept:
+                connection.close()
+            raise
+        finally:
+            if kept:
+                self._lock.release()
+
+    # ---- JSON helpers -------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        body: Any = None,
+        ok: tuple[int, ...] = (),
+    ) -> Response:
+        """A versioned request with an optional JSON body; an error status raises
+        :class:`APIError` unless listed in ``ok``."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        response: Response = self._exchange(method, self.url(path, params), data, headers)
+        if response.status >= 400 and response.status not in ok:
+            raise api_error(response.status, _message(response.status, response.body))
+        return response
+
+    def get(self, path: str, params: Params | None = None) -> Any:
+        return self.request("GET", path, params=params).json()
+
+    def post(self, path: str, body: Any = None, params: Params | None = None) -> Any:
+        response = self.request("POST", path, params=params, body=body)
+        return response.json() if response.body.strip() else None
+
+    def delete(self, path: str, params: Params | None = None) -> Any:
+        response = self.request("DELETE", path, params=params)
+        return response.json() if response.body.strip() else None
+
+    def stream(
+        self, method: str, path: str, *, params: Params | None = None, body: Any = None
+    ) -> StreamResponse:
+        """A request whose answer is read as it arrives, on a connection of its own."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        url = self.url(path, params)
+        response: StreamResponse = self._exchange(method, url, data, headers, stream=True)
+        if response.status >= 400:
+            with response:
+                raise api_error(response.status, _message(response.status, response.read_all()))
+        return response
+
+    def hijack(
+        self, path: str, *, params: Params | None = None, body: Any = None
+    ) -> HijackedStream:
+        """``POST path`` with ``Upgrade: tcp``; after ``101 UPGRADED`` the socket is the
+        container's stdin and output (attach, exec start)."""
+        url = self.url(path, params)
+        data = b"" if body is None else json.dumps(body).encode()
+        head = (
+            f"POST {url} HTTP/1.1\r\nHost: {self.address.http_host}\r\n"
+            "User-Agent: berth-client\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+        )
+        if body is not None:
+            head += "Content-Type: application/json\r\n"
+        head += f"Content-Length: {len(data)}\r\n\r\n"
+        sock = open_socket(self.address, self.timeout)
+        try:
+            sock.sendall(head.encode() + data)
+            status, _, headers, rest = read_head(sock)
+            if status in (101, 200):
+                sock.settimeout(None)
+                return HijackedStream(sock, headers.get("content-type", ""), rest)
+            raise api_error(status, _message(status, read_body(sock, headers, rest)))
+        except (ConnectionError, BrokenPipeError) as exc:
+            sock.close()
+            raise DaemonUnreachable(f"berthd at {self.host} broke off the attach: {exc}") from None
+        except BaseException:
+            sock.close()
+            raise
+
+    # ---- system -------------------------------------------------------------------------
+
+    def ping(self) -> str:
+        response = self._exchange("GET", "/_ping", None, {})
+        if response.status >= 400:
+            raise api_error(response.status, _message(response.status, response.body))
+        return str(response.body.decode())
+
+    def version(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.get("/version")
+        return result
+
+    def info(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.get("/info")
+        return result
+
+    # ---- images ---------------------------------------------------------------------------
+
+    def images(self, *, all: bool = False, filters: dict[str, Any] | None = None) -> list[Any]:
+        result: list[Any] = self.get("/images/json", {"all": all or None, "filters": filters})
+        return result
+
+    def inspect_image(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.get(f"/images/{_quote(name)}/json")
+        return result
+
+    def tag_image(self, name: str, repo: str, tag: str | None = None) -> None:
+        self.request("POST", f"/images/{_quote(name)}/tag", params={"repo": repo, "tag": tag})
+
+    def remove_image(
+        self, name: str, *, force: bool = False, noprune: bool = False
+    ) -> list[dict[str, str]]:
+        params = {"force": force or None, "noprune": noprune or None}
+        result = self.delete(f"/images/{_quote(name)}", params)
+        return list(result or [])
+
+    def pull(self, name: str, tag: str | None = None) -> Iterator[dict[str, Any]]:
+        """Docker's JSON progress messages of a pull; an error message raises APIError."""
+        with self.stream(
+            "POST", "/images/create", params={"fromImage": name, "tag": tag}
+        ) as response:
+            for message in iter_json(response.read_chunk):
+                if message.get("error"):
+                    raise APIError(500, str(message["error"]))
+                yield message
+
+    def bootstrap_image(self, name: str = "busybox") -> dict[str, Any]:
+        """Berth's extension: make a base image locally (busybox; others if the daemon
+        has a recipe)."""
+        result: dict[str, Any] = self.post("/berth/images/bootstrap", params={"name": name})
+        return result
+
+    # ---- containers ---------------------------------------------------------------------
+
+    def containers(
+        self,
+        *,
+        all: bool = False,
+        filters: dict[str, Any] | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        params = {"all": all or None, "filters": filters or None, "limit": limit}
+        result: list[dict[str, Any]] = self.get("/containers/json", params)
+        return result
+
+    def create_container(self, config: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+        """``{"Id": ..., "Warnings": [...]}``."""
+        result: dict[str, Any] = self.post("/containers/create", config, {"name": name})
+        return result
+
+    def inspect_container(self, ref: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.get(f"/containers/{_quote(ref)}/json")
+        return result
+
+    def start(self, ref: str) -> None:
+        """Start; a container already running is fine (304)."""
+        self.request("POST", f"/containers/{_quote(ref)}/start", ok=(304,))
+
+    def stop(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
+        """Stop; a container already stopped is fine (304)."""
+        params = {"t": timeout, "signal": signal}
+        self.request("POST", f"/containers/{_quote(ref)}/stop", params=params, ok=(304,))
+
+    def restart(self, ref: str, timeout: int | None = None) -> None:
+        self._maybe_unsupported(
+            "restart",
+            ref,
+            lambda: self.request(
+                "POST", f"/containers/{_quote(ref)}/restart", params={"t": timeout}
+            ),
+        )
+
+    def pause(self, ref: str) -> None:
+        self._maybe_unsupported(
+            "pause", ref, lambda: self.request("POST", f"/containers/{_quote(ref)}/pause")
+        )
+
+    def unpause(self, ref: str) -> None:
+        self._maybe_unsupported(
+            "unpause", ref, lambda: self.request("POST", f"/containers/{_quote(ref)}/unpause")
+        )
+
+    def kill(self, ref: str, signal: str | int | None = None) -> None:
+        self.request("POST", f"/containers/{_quote(ref)}/kill", params={"signal": signal})
+
+    def remove_container(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
+        params = {"force": force or None, "v": volumes or None}
+        self.request("DELETE", f"/containers/{_quote(ref)}", params=params)
+
+    def wait(self, ref: str, condition: str = "not-running") -> int:
+        """Block until the container meets ``condition``; its exit code."""
+        return self.wait_later(ref, condition).result()
+
+    def wait_later(self, ref: str, condition: str = "not-running") -> Waiter:
+        """Register a wait now (the daemon answers its headers once it is registered)."""
+        return Waiter(
+            self.stream("POST", f"/containers/{_quote(ref)}/wait", params={"condition": condition})
+        )
+
+    def resize(self, ref: str, height: int, width: int) -> None:
+        self.request("POST", f"/containers/{_quote(ref)}/resize", params={"h": height, "w": width})
+
+    def logs(
+        self,
+        ref: str,
+        *,
+        stdout: bool = True,
+        stderr: bool = True,
+        follow: bool = False,
+        tail: int | str = "all",
+        timestamps: bool = False,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> Iterator[tuple[int, bytes]]:
+        """``(stream, data)`` pieces of the container's log (stream 1 for a TTY's)."""
+        params = {
+            "stdout": stdout,
+            "stderr": stderr,
+            "follow": follow,
+            "tail": tail,
+            "timestamps": timestamps,
+            "since": since,
+            "until": until,
+        }
+        with self.stream("GET", f"/containers/{_quote(ref)}/logs", params=params) as response:
+            content_type = response.headers.get("content-type", "")
+            if content_type.startswith(MULTIPLEXED_STREAM):
+                raw = False
+            elif content_type.startswith(RAW_STREAM) and _version_tuple(self.api_version) >= (
+                1,
+                42,
+            ):
+                raw = True
+            else:  # before API 1.42 logs said raw for both: the container's TTY decides
+                raw = bool(self.inspect_container(ref).get("Config", {}).get("Tty"))
+            yield from iter_frames(response.read_chunk, raw=raw)
+
+    def attach(
+        self,
+        ref: str,
+        *,
+        stdin: bool = False,
+        stdout: bool = True,
+        stderr: bool = True,
+        logs: bool = False,
+    ) -> HijackedStream:
+        """The container's streams on a hijacked connection (attach before start to miss
+        nothing, as ``docker run`` does)."""
+        params = {
+            "stream": True,
+            "stdin": stdin,
+            "stdout": stdout,
+            "stderr": stderr,
+            "logs": logs or None,
+        }
+        return self.hijack(f"/containers/{_quote(ref)}/attach", params=params)
+
+    # ---- exec ---------------------------------------------------------------------------
+
+    def exec_create(
+        self,
+        ref: str,
+        cmd: list[str],
+        *,
+        stdin: bool = False,
+        stdout: bool = True,
+        stderr: bool = True,
+        tty: bool = False,
+        env: list[str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        privileged: bool = False,
+    ) -> str:
+        """The new exec's id; :class:`NotSupported` if the daemon has no exec route."""
+        body: dict[str, Any] = {
+            "AttachStdin": stdin,
+            "AttachStdout": stdout,
+            "AttachStderr": stderr,
+            "Tty": tty,
+            "Cmd": cmd,
+            "Privileged": privileged,
+        }
+        if env:
+            body["Env"] = env
+        if workdir:
+            body["WorkingDir"] = workdir
+        if user:
+            body["User"] = user
+        result = self._maybe_unsupported(
+            "exec", ref, lambda: self.post(f"/containers/{_quote(ref)}/exec", body)
+        )
+        return str(result["Id"])
+
+    def exec_start(
+        self, exec_id: str, *, tty: bool = False, detach: bool = False
+    ) -> HijackedStream | None:
+        """Run the exec: its streams (hijacked), or None when ``detach``."""
+        body = {"Detach": detach, "Tty": tty}
+        if detach:
+            self.request("POST", f"/exec/{_quote(exec_id)}/start", body=body)
+            return None
+        return self.hijack(f"/exec/{_quote(exec_id)}/start", body=body)
+
+    def exec_inspect(self, exec_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.get(f"/exec/{_quote(exec_id)}/json")
+        return result
+
+    def exec_resize(self, exec_id: str, height: int, width: int) -> None:
+        self.request("POST", f"/exec/{_quote(exec_id)}/resize", params={"h": height, "w": width})
+
+    def exec_exit_code(self, exec_id: str, timeout: float = 5.0) -> int:
+        """The exec's exit code once the daemon has recorded it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            data = self.exec_inspect(exec_id)
+            if not data.get("Running") or time.monotonic() > deadline:
+                code = data.get("ExitCode")
+                return int(code) if code is not None else 0
+            time.sleep(0.01)
+
+    def _maybe_unsupported(self, what: str, ref: str, call: Any) -> Any:
+        """``call()``; a 404 while the container exists means the route is missing."""
+        try:
+            return call()
+        except NotFoundError:
+            self.inspect_container(ref)  # no such container: that error
+            raise NotSupported(f"this berthd does not support {what} yet") from None
