@@ -435,6 +435,9 @@ class ContainerService:
             os.rename(tmp, os.path.join(bundle, "config.json"))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.exit_path(container.id))
+            # taken before the start: a quick container can exit (and be stamped
+            # FinishedAt by the monitor) before the answer arrives here
+            started_at = _now()
             answer = await self.monitor.call(
                 {
                     "op": "start",
@@ -458,7 +461,7 @@ class ContainerService:
                 Pid=int(answer["pid"]),
                 ExitCode=0,
                 Error="",
-                StartedAt=_now(),
+                StartedAt=started_at,
                 FinishedAt=ZERO_TIME,
             )
             self.db.update(container.id, container.data)
