@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.compat.berthd import Daemon
 from tests.helpers import CREATED_IDS, Bundle, RuntimeCLI
 
 from berth.images import busybox_rootfs
@@ -140,3 +141,18 @@ def berth(tmp_path: Path) -> Iterator[RuntimeCLI]:
     cli = RuntimeCLI("berth-runtime", tmp_path / "state-berth")
     yield cli
     cli.cleanup()
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    """A private berthd (and its monitor) per test module, with a busybox image."""
+    if not IS_ROOT:
+        pytest.skip("needs root and the real kernel")
+    d = Daemon()
+    try:
+        d.start()
+        d.bootstrap_busybox()
+        yield d
+    finally:
+        d.cleanup()
+    assert not d.mounts()

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
 from tests.compat.berthd import Daemon
@@ -22,18 +21,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root and the real kernel"),
     pytest.mark.skipif(not os.path.exists(DOCKER), reason="the docker CLI is not installed"),
 ]
-
-
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
-    d = Daemon()
-    try:
-        d.start()
-        d.bootstrap_busybox()
-        yield d
-    finally:
-        d.cleanup()
-    assert not d.mounts()
 
 
 def docker(

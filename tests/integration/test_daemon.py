@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,18 +20,6 @@ pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root and the real kernel"),
 ]
-
-
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
-    d = Daemon()
-    try:
-        d.start()
-        d.bootstrap_busybox()
-        yield d
-    finally:
-        d.cleanup()
-    assert not d.mounts()
 
 
 def _alive(pid: int) -> bool:

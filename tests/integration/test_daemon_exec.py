@@ -19,18 +19,6 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
-    d = Daemon()
-    try:
-        d.start()
-        d.bootstrap_busybox()
-        yield d
-    finally:
-        d.cleanup()
-    assert not d.mounts()
-
-
-@pytest.fixture(scope="module")
 def sleeper(daemon: Daemon) -> Iterator[str]:
     """One running container shared by the exec tests."""
     container_id = daemon.create(["sleep", "60"])

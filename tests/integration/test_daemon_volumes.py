@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import urllib.parse
-from collections.abc import Iterator
 
 import pytest
 from tests.compat.berthd import Daemon
@@ -21,18 +20,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root and the real kernel"),
 ]
 needs_cli = pytest.mark.skipif(not os.path.exists(DOCKER), reason="no docker CLI")
-
-
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
-    d = Daemon()
-    try:
-        d.start()
-        d.bootstrap_busybox()
-        yield d
-    finally:
-        d.cleanup()
-    assert not d.mounts()
 
 
 def docker(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:

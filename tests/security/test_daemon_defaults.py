@@ -49,18 +49,6 @@ int main(void) {
 
 
 @pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
-    d = Daemon()
-    try:
-        d.start()
-        d.bootstrap_busybox()
-        yield d
-    finally:
-        d.cleanup()
-    assert not d.mounts()
-
-
-@pytest.fixture(scope="module")
 def probe_dir() -> Iterator[str]:
     """A folder holding the static probe, or a skip when gcc cannot link statically."""
     folder = tempfile.mkdtemp(prefix="berth-probe-", dir="/tmp")
