@@ -31,6 +31,7 @@ from berth.engine.state import EngineDB
 from berth.engine.volumes import VolumeService, mount_points
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound, SystemFailure
 from berth.images.store import ImageStore
+from berth.units import human_duration
 
 CREATED, RUNNING, EXITED, REMOVING = "created", "running", "exited", "removing"
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -67,33 +68,6 @@ def _epoch(stamp: str) -> float:
     base, _, frac = stamp.rstrip("Z").partition(".")
     seconds = time.mktime(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) - time.timezone
     return seconds + (float("0." + frac) if frac else 0.0)
-
-
-def human_duration(seconds: float) -> str:
-    """Go's units.HumanDuration, which ``docker ps`` shows."""
-    if seconds < 1:
-        return "Less than a second"
-    if seconds < 2:
-        return "1 second"
-    if seconds < 60:
-        return f"{int(seconds)} seconds"
-    minutes = int(seconds / 60)
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = int(seconds / 3600 + 0.5)
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{hours // 24 // 365} years"
 
 
 class Container:

@@ -8,6 +8,7 @@ import socket
 from typing import Any
 
 from berth import __version__ as _berth_version
+from berth.engine.stats import host_memory
 
 API_VERSION = "1.45"
 MIN_API_VERSION = "1.24"
@@ -61,17 +62,6 @@ def _os_name() -> str:
     return "Linux"
 
 
-def _mem_total() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def info(*, root: str, counts: dict[str, int], images: int) -> dict[str, Any]:
     from berth.linux import cgroups
 
@@ -113,7 +103,7 @@ def info(*, root: str, counts: dict[str, int], images: int) -> dict[str, Any]:
         "IndexServerAddress": "https://index.docker.io/v1/",
         "RegistryConfig": {"IndexConfigs": {}, "InsecureRegistryCIDRs": ["127.0.0.0/8"]},
         "NCPU": os.cpu_count() or 1,
-        "MemTotal": _mem_total(),
+        "MemTotal": host_memory(),
         "DockerRootDir": root,
         "HttpProxy": "",
         "HttpsProxy": "",
