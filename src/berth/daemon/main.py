@@ -43,6 +43,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     from berth.api.server import Services, make_app
     from berth.engine.containers import ContainerService
+    from berth.engine.events import EventBus
     from berth.engine.images import ImageService
     from berth.images.store import ImageStore
 
@@ -61,8 +62,10 @@ async def serve(args: argparse.Namespace) -> int:
     os.rename(pidfile + ".tmp", pidfile)
 
     store = ImageStore(os.path.join(root, "images"))
-    containers = ContainerService(root, exec_root, store)
-    images = ImageService(store, args.insecure_registry)
+    events = EventBus()
+    events.bind(asyncio.get_running_loop())
+    containers = ContainerService(root, exec_root, store, events)
+    images = ImageService(store, args.insecure_registry, events)
 
     def images_in_use() -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -24,6 +24,7 @@ from typing import Any
 
 from berth.engine import jsonlog, restarts, specgen
 from berth.engine.container_ops import ContainerOps
+from berth.engine.events import EventBus
 from berth.engine.execs import ExecService
 from berth.engine.monitor_client import MonitorClient
 from berth.engine.restarts import RestartManager
@@ -99,13 +100,16 @@ class Container:
 
 
 class ContainerService:
-    def __init__(self, root: str, exec_root: str, images: ImageStore) -> None:
+    def __init__(
+        self, root: str, exec_root: str, images: ImageStore, events: EventBus | None = None
+    ) -> None:
         self.root = root
+        self.events = events or EventBus()
         self.exec_root = exec_root
         self.images = images
         self.db = EngineDB(root)
         self.monitor = MonitorClient(exec_root)
-        self.volumes = VolumeService(root, self.db)
+        self.volumes = VolumeService(root, self.db, self.events)
         self.execs = ExecService(self)
         self.restarts = RestartManager(self)
         self.ops = ContainerOps(self)

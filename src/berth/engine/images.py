@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from berth.engine.events import EventBus
 from berth.errors import BerthError, Conflict, InvalidArgument
 from berth.images.store import Image, ImageStore
 
@@ -42,8 +43,14 @@ def _short_name(name: str) -> str:
 
 
 class ImageService:
-    def __init__(self, store: ImageStore, insecure_registries: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        store: ImageStore,
+        insecure_registries: list[str] | None = None,
+        events: EventBus | None = None,
+    ) -> None:
         self.store = store
+        self.events = events or EventBus()
         self.insecure_registries = insecure_registries or []
         self.in_use: Callable[[], dict[str, int]] = dict
 

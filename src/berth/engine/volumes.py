@@ -23,6 +23,7 @@ import subprocess
 from typing import Any
 
 from berth.engine import jsonlog
+from berth.engine.events import EventBus
 from berth.engine.specgen import VOLUME_NAME, ContainerSpec, Mount
 from berth.engine.state import EngineDB
 from berth.errors import Conflict, InvalidArgument, NotFound, SystemFailure
@@ -58,8 +59,9 @@ def _labels_match(labels: dict[str, str], wanted: list[str]) -> bool:
 
 
 class VolumeService:
-    def __init__(self, root: str, db: EngineDB) -> None:
+    def __init__(self, root: str, db: EngineDB, events: EventBus | None = None) -> None:
         self.base = os.path.join(root, "volumes")
+        self.events = events or EventBus()
         self.db = db
         os.makedirs(self.base, mode=0o701, exist_ok=True)
         for name in os.listdir(self.base):  # a create cut short leaves only these
