@@ -1,4 +1,4 @@
-"""The aiohttp application: versioned routes, the one error mapping, system routes.
+"""The aiohttp application: versioned routes, the one error mapping, request helpers.
 
 Every route answers with and without a ``/v1.NN`` prefix. Handlers stay thin over
 the engine's services (``request.app[SERVICES]``). Errors are mapped to HTTP in
@@ -96,6 +96,13 @@ async def headers_middleware(request: web.Request, handler: Handler) -> web.Stre
 # ---- request helpers -------------------------------------------------------------------
 
 
+def api_version(request: web.Request) -> tuple[int, int]:
+    """The API version the client asked for (``/v1.NN/...``), else the newest."""
+    text = request.match_info.get("version") or system.API_VERSION
+    major, _, minor = text.partition(".")
+    return int(major), int(minor or 0)
+
+
 def qbool(request: web.Request, name: str, default: bool = False) -> bool:
     value = request.query.get(name)
     if value is None:
@@ -145,29 +152,6 @@ def with_headers(response: web.StreamResponse) -> web.StreamResponse:
     return response
 
 
-# ---- system ----------------------------------------------------------------------------
-
-
-async def ping(request: web.Request) -> web.StreamResponse:
-    response = web.Response(text="OK" if request.method != "HEAD" else None)
-    response.headers["Cache-Control"] = "no-cache, no-store, must-revalidate"
-    response.headers["Pragma"] = "no-cache"
-    response.headers["Builder-Version"] = "1"
-    return response
-
-
-async def version(request: web.Request) -> web.StreamResponse:
-    return web.json_response(system.version())
-
-
-async def info(request: web.Request) -> web.StreamResponse:
-    s = services(request)
-    data = system.info(
-        root=s.root, counts=s.containers.counts(), images=len(s.images.store.images())
-    )
-    return web.json_response(data)
-
-
 def add(app: web.Application, method: str, path: str, handler: Handler) -> None:
     """Register ``path`` and ``/v{version}{path}``."""
     for prefix in ("", r"/v{version:[0-9]+\.[0-9]+}"):
@@ -179,14 +163,13 @@ def add(app: web.Application, method: str, path: str, handler: Handler) -> None:
 
 def make_app(services_: Services) -> web.Application:
     from berth.api import container_ops, containers, execs, images, volumes
+    from berth.api import system as system_routes
 
     app = web.Application(
         middlewares=[headers_middleware, error_middleware], client_max_size=64 * 1024**2
     )
     app[SERVICES] = services_
-    add(app, "GET", "/_ping", ping)
-    add(app, "GET", "/version", version)
-    add(app, "GET", "/info", info)
+    system_routes.register(app)
     images.register(app)
     containers.register(app)
     execs.register(app)

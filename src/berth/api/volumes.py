@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from berth.api.server import add, json_body, qbool, qfilters, services
+from berth.api.server import add, api_version, json_body, qbool, qfilters, services
 from berth.engine.volumes import VolumeService
 from berth.errors import InvalidArgument
 
@@ -43,8 +43,13 @@ async def remove(request: web.Request) -> web.StreamResponse:
 
 
 async def prune(request: web.Request) -> web.StreamResponse:
+    """Unused anonymous volumes; named ones too with ``all=true``, or always before
+    API 1.42 (when prune did not know anonymous volumes)."""
     await request.read()
-    deleted, reclaimed = _volumes(request).prune(qfilters(request))
+    filters = qfilters(request)
+    if api_version(request) < (1, 42):
+        filters = {**filters, "all": ["true"]}
+    deleted, reclaimed = _volumes(request).prune(filters)
     return web.json_response({"VolumesDeleted": deleted, "SpaceReclaimed": reclaimed})
 
 

@@ -1,4 +1,11 @@
-"""Where the daemon listens: ``unix:///path`` (the default) or ``tcp://HOST:PORT``."""
+"""Where the daemon listens: ``unix:///path`` (the default) or ``tcp://HOST:PORT``.
+
+TCP is spoken over TLS as the docker CLI does: ``$DOCKER_TLS_VERIFY`` (set and not
+empty) verifies the daemon's certificate against ``$DOCKER_CERT_PATH/ca.pem`` (default
+``~/.docker``) and presents ``cert.pem``/``key.pem`` as the client certificate;
+``$DOCKER_TLS`` alone encrypts without verifying the daemon. Port 2376 with TLS and
+2375 without when none is given, as Docker's defaults.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +15,82 @@ import socket
 
 from berth.client.errors import ClientError, DaemonUnreachable
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # ssl is loaded only for tcp:// with TLS
+    import ssl
+
 DEFAULT_HOST = "unix:///run/berth/berth.sock"
+
+
+def fallback_host() -> str:
+    """Berth's own socket: ``$BERTH_DEFAULT_HOST`` (a private engine), else the
+    system's. This is where ``berth`` starts a daemon when none answers."""
+    return os.environ.get("BERTH_DEFAULT_HOST") or DEFAULT_HOST
+
+
+def chosen_host() -> str | None:
+    """The host the user chose through the environment, if any."""
+    return os.environ.get("BERTH_HOST") or os.environ.get("DOCKER_HOST") or None
 
 
 def default_host() -> str:
     """``$BERTH_HOST``, else ``$DOCKER_HOST``, else Berth's socket."""
-    return os.environ.get("BERTH_HOST") or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+    return chosen_host() or fallback_host()
+
+
+def _tls_settings() -> tuple[bool, bool]:
+    """(use TLS, verify the daemon) from docker's variables."""
+    verify = bool(os.environ.get("DOCKER_TLS_VERIFY"))
+    return verify or bool(os.environ.get("DOCKER_TLS")), verify
+
+
+def tls_context() -> ssl.SSLContext:
+    """The client side of docker's TLS: CA, client certificate and key from
+    ``$DOCKER_CERT_PATH``."""
+    import ssl
+
+    folder = os.environ.get("DOCKER_CERT_PATH") or os.path.join(os.path.expanduser("~"), ".docker")
+    _, verify = _tls_settings()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        if verify:
+            context.load_verify_locations(cafile=os.path.join(folder, "ca.pem"))
+        else:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+        if os.path.exists(cert) and os.path.exists(key):
+            context.load_cert_chain(cert, key)
+        elif verify:
+            raise ClientError(f"DOCKER_TLS_VERIFY is set but {folder} has no cert.pem and key.pem")
+    except (OSError, ssl.SSLError) as exc:
+        raise ClientError(f"cannot load TLS certificates from {folder}: {exc}") from None
+    return context
 
 
 class Address:
     """A parsed host (no dataclass: ``dataclasses`` costs milliseconds at start-up)."""
 
-    __slots__ = ("host", "tcp", "unix_path")
+    __slots__ = ("_context", "host", "tcp", "tls", "unix_path")
 
     def __init__(
-        self, host: str, unix_path: str | None = None, tcp: tuple[str, int] | None = None
+        self,
+        host: str,
+        unix_path: str | None = None,
+        tcp: tuple[str, int] | None = None,
+        tls: bool = False,
     ) -> None:
         self.host = host  # as the user wrote it, for messages
         self.unix_path = unix_path
         self.tcp = tcp
+        self.tls = tls
+        self._context: ssl.SSLContext | None = None
+
+    def context(self) -> ssl.SSLContext:
+        if self._context is None:
+            self._context = tls_context()
+        return self._context
 
     @property
     def http_host(self) -> str:
@@ -42,12 +106,17 @@ def parse_host(host: str) -> Address:
         if not path:
             raise ClientError(f"invalid host {host!r}: give a socket path, unix:///path")
         return Address(host, unix_path=path)
-    if host.startswith(("tcp://", "http://")):
+    if host.startswith(("tcp://", "http://", "https://")):
+        tls, _ = _tls_settings()
+        tls = tls or host.startswith("https://")
         rest = host.split("://", 1)[1].rstrip("/")
-        name, _, port = rest.rpartition(":")
-        if not name or not port.isdigit():
+        name, colon, port = rest.rpartition(":")
+        if not colon or "]" in port:
+            name, port = rest, ""  # no port: Docker's default
+        if not name or (port and not port.isdigit()):
             raise ClientError(f"invalid host {host!r}: give tcp://HOST:PORT")
-        return Address(host, tcp=(name.strip("[]"), int(port)))
+        number = int(port) if port else (2376 if tls else 2375)
+        return Address(host, tcp=(name.strip("[]"), number), tls=tls)
     if host.startswith("/"):
         return Address(f"unix://{host}", unix_path=host)
     raise ClientError(f"unsupported host {host!r}: use unix:///path/to/socket or tcp://HOST:PORT")
@@ -79,6 +148,8 @@ def open_socket(address: Address, timeout: float | None) -> socket.socket:
         assert address.tcp is not None
         sock = socket.create_connection(address.tcp, timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if address.tls:
+            return _wrap(address, sock)
         return sock
     except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
         raise unreachable(address, exc) from None
@@ -86,6 +157,26 @@ def open_socket(address: Address, timeout: float | None) -> socket.socket:
         if isinstance(exc, TimeoutError):
             raise DaemonUnreachable(f"timed out connecting to berthd at {address.host}") from None
         raise unreachable(address, exc) from None
+
+
+def _wrap(address: Address, sock: socket.socket) -> socket.socket:
+    """The TLS handshake; a refused certificate is one clear line."""
+    import ssl
+
+    assert address.tcp is not None
+    try:
+        return address.context().wrap_socket(sock, server_hostname=address.tcp[0])
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise ClientError(
+            f"the certificate of berthd at {address.host} is not trusted: {exc.verify_message}"
+        ) from None
+    except (ssl.SSLError, ConnectionResetError) as exc:
+        sock.close()
+        raise ClientError(f"TLS with berthd at {address.host} failed: {exc}") from None
+    except BaseException:
+        sock.close()
+        raise
 
 
 class Connection(http.client.HTTPConnection):

@@ -1,10 +1,11 @@
-"""``/version`` and ``/info``: what the daemon and this host are."""
+"""``/version``, ``/info`` and ``/system/df``: what the daemon and this host are."""
 
 from __future__ import annotations
 
 import os
 import platform
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from berth import __version__ as _berth_version
@@ -62,7 +63,7 @@ def _os_name() -> str:
     return "Linux"
 
 
-def info(*, root: str, counts: dict[str, int], images: int) -> dict[str, Any]:
+def info(*, root: str, counts: dict[str, int], images: int, listeners: int = 0) -> dict[str, Any]:
     from berth.linux import cgroups
 
     mode = cgroups.detect_mode()
@@ -94,7 +95,7 @@ def info(*, root: str, counts: dict[str, int], images: int) -> dict[str, Any]:
         "LoggingDriver": "json-file",
         "CgroupDriver": "cgroupfs",
         "CgroupVersion": "2" if mode == "v2" else "1",
-        "NEventsListener": 0,
+        "NEventsListener": listeners,
         "KernelVersion": platform.release(),
         "OperatingSystem": _os_name(),
         "OSVersion": "",
@@ -135,3 +136,77 @@ def _now() -> str:
     from berth.engine.jsonlog import rfc3339nano
 
     return rfc3339nano()
+
+
+DF_TYPES = ("container", "image", "volume", "build-cache")
+
+
+def _tree_size(path: str) -> int:
+    """Bytes on disk under ``path`` (hard links once); 0 if it is gone."""
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    for top, dirs, files in os.walk(path):
+        for name in dirs + files:
+            try:
+                st = os.lstat(os.path.join(top, name))
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+    return total
+
+
+def disk_usage(
+    *,
+    images: list[dict[str, Any]],
+    layers: dict[str, list[tuple[str, int]]],
+    containers: list[dict[str, Any]],
+    container_dirs: dict[str, str],
+    volumes: Callable[[], list[dict[str, Any]]],
+    types: set[str],
+) -> dict[str, Any]:
+    """``GET /system/df``. ``layers``: image id -> its layers (digest, size);
+    ``container_dirs``: container id -> the folder of its writable layer. Walks the
+    filesystem: call it from a worker thread."""
+    result: dict[str, Any] = {
+        "LayersSize": 0,
+        "Images": None,
+        "Containers": None,
+        "Volumes": None,
+        "BuildCache": None,
+    }
+    wanted = types or set(DF_TYPES)
+    if "image" in wanted:
+        uses: dict[str, int] = {}
+        unique: dict[str, int] = {}
+        for image_layers in layers.values():
+            for digest, size in set(image_layers):
+                uses[digest] = uses.get(digest, 0) + 1
+                unique[digest] = size
+        result["LayersSize"] = sum(unique.values())
+        rows = []
+        for image in images:
+            own = set(layers.get(image["Id"], []))
+            rows.append({**image, "SharedSize": sum(s for d, s in own if uses[d] > 1)})
+        result["Images"] = rows
+    if "container" in wanted:
+        sizes = {image["Id"]: image["Size"] for image in images}
+        rows = []
+        for container in containers:
+            directory = container_dirs.get(container["Id"])
+            size_rw = _tree_size(directory) if directory else 0
+            rows.append(
+                {
+                    **container,
+                    "SizeRw": size_rw,
+                    "SizeRootFs": size_rw + sizes.get(container["ImageID"], 0),
+                }
+            )
+        result["Containers"] = rows
+    if "volume" in wanted:
+        result["Volumes"] = volumes()
+    if "build-cache" in wanted:
+        result["BuildCache"] = []
+    return result

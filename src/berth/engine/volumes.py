@@ -138,7 +138,9 @@ class VolumeService:
             raise InvalidArgument(
                 f"invalid volume name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
             )
-        name = name or secrets.token_hex(32)
+        if not name:  # an unnamed volume is anonymous (moby's VolumesService.Create)
+            name = secrets.token_hex(32)
+            anonymous = True
         existing = self._meta(name)
         if existing is not None:
             return self._view(name, existing)
@@ -164,6 +166,7 @@ class VolumeService:
             if again is not None:
                 return self._view(name, again)
             raise SystemFailure(f"cannot create volume {name}: {exc}") from None
+        self.events.publish("volume", "create", name, {"driver": "local"})
         return self._view(name, meta)
 
     def get(self, name: str) -> dict[str, Any]:
@@ -216,10 +219,14 @@ class VolumeService:
         except FileNotFoundError:
             return
         shutil.rmtree(doomed, ignore_errors=True)
+        self.events.publish("volume", "destroy", name, {"driver": "local"})
 
     def prune(self, filters: dict[str, Any] | None = None) -> tuple[list[str], int]:
         """Remove unused volumes: anonymous ones only, unless ``all=true`` (API 1.42+)."""
         filters = filters or {}
+        for key in filters:
+            if key not in ("label", "label!", "all"):
+                raise InvalidArgument(f"invalid filter '{key}'")
         every = any(v in ("true", "1") for v in _filter_values(filters, "all"))
         labels = _filter_values(filters, "label")
         not_labels = _filter_values(filters, "label!")
@@ -238,7 +245,46 @@ class VolumeService:
             reclaimed += _size(self.path(name))
             self._delete(name)
             deleted.append(name)
+        self.events.publish("volume", "prune", "", {"reclaimed": str(reclaimed)})
         return deleted, reclaimed
+
+    def usage(self) -> list[dict[str, Any]]:
+        """``/system/df``'s volumes: each with ``UsageData`` (bytes on disk, users)."""
+        users = self.users()
+        result = []
+        for name in self.names():
+            meta = self._meta(name)
+            if meta is None:
+                continue
+            view = self._view(name, meta)
+            view["UsageData"] = {
+                "Size": _size(self.data_path(name)),
+                "RefCount": len(users.get(name, [])),
+            }
+            result.append(view)
+        return result
+
+    # ---- events of containers' use ------------------------------------------------------
+
+    def mounted(self, container_id: str, spec: ContainerSpec) -> None:
+        """Docker's ``volume mount`` events, one per volume, as the container starts."""
+        for mount in spec.mounts:
+            if mount.type == "volume" and mount.name:
+                attributes = {
+                    "container": container_id,
+                    "destination": mount.destination,
+                    "driver": "local",
+                    "propagation": "",
+                    "read/write": "false" if mount.readonly else "true",
+                }
+                self.events.publish("volume", "mount", mount.name, attributes)
+
+    def unmounted(self, container_id: str, spec: ContainerSpec) -> None:
+        """Docker's ``volume unmount`` events, once the container has stopped."""
+        for mount in spec.mounts:
+            if mount.type == "volume" and mount.name:
+                attributes = {"container": container_id, "driver": "local"}
+                self.events.publish("volume", "unmount", mount.name, attributes)
 
     # ---- containers' side -----------------------------------------------------------------
 
