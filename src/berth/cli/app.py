@@ -60,6 +60,22 @@ IMAGE_GROUP = {
     "bootstrap": "bootstrap",
 }
 
+SYSTEM_GROUP = {
+    "df": "system-df",
+    "prune": "system-prune",
+    "info": "info",
+    "events": "events",
+    # "service" (berthd in the foreground) is handled in berth.cli.main
+}
+VOLUME_GROUP = {"prune": "volume-prune"}
+# group -> its table; verbs named "group-x" are reached only through their group
+GROUPS = {
+    "container": CONTAINER_GROUP,
+    "image": IMAGE_GROUP,
+    "system": SYSTEM_GROUP,
+    "volume": VOLUME_GROUP,
+}
+
 
 class UsageError(Exception):
     pass
@@ -252,6 +268,31 @@ def _bootstrap(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _events(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", metavar="TIME", help="timestamp or duration (10m)")
+    p.add_argument("--until", metavar="TIME", help="timestamp or duration (10m)")
+    p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--format", metavar="json|TEMPLATE")
+
+
+def _system_df(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="show each object")
+    p.add_argument("--format", metavar="json|TEMPLATE")
+
+
+def _system_prune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true", help="also unused images, not only dangling")
+    p.add_argument("--volumes", action="store_true", help="also anonymous volumes")
+    p.add_argument("-f", "--force", action="store_true", help="do not ask")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _volume_prune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true", help="named volumes too")
+    p.add_argument("-f", "--force", action="store_true", help="do not ask")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE")
+
+
 def _format_only(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--format", metavar="json|TEMPLATE")
 
@@ -279,6 +320,10 @@ VERBS: dict[str, tuple[str, str, Builder, str]] = {
     "bootstrap": ("commands", "bootstrap", _bootstrap, "make a base image locally"),
     "version": ("commands", "version", _format_only, "client and daemon versions"),
     "info": ("commands", "info", _format_only, "system-wide information"),
+    "events": ("system_cmds", "events", _events, "stream the daemon's events"),
+    "system-df": ("system_cmds", "system_df", _system_df, "disk usage"),
+    "system-prune": ("system_cmds", "system_prune", _system_prune, "remove unused data"),
+    "volume-prune": ("system_cmds", "volume_prune", _volume_prune, "remove unused volumes"),
 }
 
 
@@ -292,11 +337,13 @@ def usage() -> str:
         "commands:",
     ]
     for verb, (_, _, _, text) in VERBS.items():
-        if verb != "bootstrap":
+        if verb != "bootstrap" and "-" not in verb:
             lines.append(f"  {verb:<10}{text}")
     lines += [
         "  image     images: ls, rm, pull, tag, inspect, bootstrap NAME (busybox)",
         "  container containers: ls, run, create, start, stop, rm, logs, exec, ...",
+        "  system    df, prune, info, events, service (berthd in the foreground)",
+        "  volume    prune",
         "  runtime   the OCI runtime (the same as berth-runtime ARGS...)",
         "  registry  an OCI distribution registry: serve, gc",
         "",
@@ -330,8 +377,8 @@ def _global_options(args: list[str]) -> tuple[str | None, bool, list[str]]:
 def _resolve(args: list[str]) -> tuple[str, str, list[str]]:
     """(verb, prog name, its arguments) with the container/image groups folded in."""
     verb, rest = args[0], args[1:]
-    if verb in ("container", "image"):
-        group = CONTAINER_GROUP if verb == "container" else IMAGE_GROUP
+    if verb in GROUPS:
+        group = GROUPS[verb]
         if not rest or rest[0] in ("-h", "--help"):
             names = ", ".join(sorted(group))
             print(f"usage: berth {verb} COMMAND\n\ncommands: {names}")
@@ -346,7 +393,7 @@ def _resolve(args: list[str]) -> tuple[str, str, list[str]]:
         if target == "inspect":
             rest = ["--type", verb, *rest]
         return target, prog, rest
-    if verb not in VERBS or verb == "bootstrap":
+    if verb not in VERBS or verb == "bootstrap" or "-" in verb:
         raise UsageError(f"berth: unknown command {verb!r}; see 'berth --help'")
     return verb, f"berth {verb}", rest
 

@@ -1,6 +1,7 @@
 """The ``berth`` command: the Engine API verbs (run, ps, images, ... in
 :mod:`berth.cli.app`, through :mod:`berth.client`), ``berth runtime ...`` and
-``berth registry ...``.
+``berth registry ...``; ``berth system service`` (berthd in the foreground). A daemon
+command with no host chosen starts berthd when none answers (:mod:`berth.cli.system_cmds`).
 
 Start-up cost matters here (``berth ps``): this module imports nothing beyond ``sys``
 and the version; each verb loads what it needs.
@@ -31,9 +32,38 @@ def main(argv: list[str] | None = None) -> int:
         from berth.cli.registry import main as registry_main
 
         return registry_main(args[1:])
+    if args[:2] == ["system", "service"]:
+        from berth.cli.system_cmds import service
+
+        return service(args[2:])
+    if _needs_default_daemon(args):
+        from berth.cli.app import EXIT_ERROR, error
+        from berth.cli.system_cmds import ensure_daemon
+        from berth.errors import BerthError
+
+        try:
+            ensure_daemon()
+        except BerthError as exc:
+            error(str(exc))
+            return EXIT_ERROR
     from berth.cli.app import main as app_main
 
     return app_main(args)
+
+
+def _needs_default_daemon(args: list[str]) -> bool:
+    """A daemon command with no host chosen (no -H, $BERTH_HOST, $DOCKER_HOST): the
+    one case where ``berth`` may start berthd itself."""
+    import os
+
+    if os.environ.get("BERTH_HOST") or os.environ.get("DOCKER_HOST"):
+        return False
+    for arg in args:
+        if arg in ("-H", "--host") or arg.startswith("--host="):
+            return False
+        if not arg.startswith("-"):  # the verb: global options end here
+            return arg not in ("help",) and not any(a in ("-h", "--help") for a in args)
+    return False
 
 
 if __name__ == "__main__":

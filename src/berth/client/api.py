@@ -366,6 +366,35 @@ class Client:
         result: dict[str, Any] = self.get("/info")
         return result
 
+    def events(
+        self,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """The daemon's events as they happen (``since``/``until``: unix seconds[.nanos]);
+        ends at ``until`` or when the caller stops iterating."""
+        params = {"since": since, "until": until, "filters": filters or None}
+        with self.stream("GET", "/events", params=params) as response:
+            yield from iter_json(response.read_chunk)
+
+    def df(self, types: list[str] | None = None) -> dict[str, Any]:
+        """``/system/df``: images, containers, volumes and build cache with their sizes."""
+        url = self.url("/system/df")
+        if types:
+            url += "?" + urlencode([("type", t) for t in types])
+        response: Response = self._exchange("GET", url, None, {})
+        if response.status >= 400:
+            raise api_error(response.status, _message(response.status, response.body))
+        result: dict[str, Any] = response.json()
+        return result
+
+    def prune(self, kind: str, filters: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``POST /{kind}/prune`` (containers, images, networks, volumes, build)."""
+        result = self.post(f"/{kind}/prune", params={"filters": filters or None})
+        return dict(result or {})
+
     # ---- images ---------------------------------------------------------------------------
 
     def images(self, *, all: bool = False, filters: dict[str, Any] | None = None) -> list[Any]:
