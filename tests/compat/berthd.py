@@ -73,7 +73,8 @@ class Daemon:
 
     # ---- process ------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
+        """Start berthd; ``env`` adds variables (e.g. BERTH_CRASH_AT) to its environment."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -87,6 +88,7 @@ class Daemon:
                 ],
                 stdout=log,
                 stderr=log,
+                env={**os.environ, **(env or {})},
             )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

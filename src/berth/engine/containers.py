@@ -18,15 +18,17 @@ import re
 import secrets
 import shutil
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from berth.engine import jsonlog, restarts, specgen
+from berth.engine import faults, jsonlog, restarts, specgen
 from berth.engine.container_ops import ContainerOps
 from berth.engine.events import EventBus
 from berth.engine.execs import ExecService
 from berth.engine.monitor_client import MonitorClient
+from berth.engine.reconcile import reconcile
 from berth.engine.restarts import RestartManager
 from berth.engine.state import EngineDB
 from berth.engine.volumes import VolumeService, mount_points
@@ -139,7 +141,11 @@ class ContainerService:
     # ---- daemon start and stop --------------------------------------------------------
 
     async def startup(self) -> None:
-        """Find or start the monitor, follow its exits, and catch up on missed ones."""
+        """Undo interrupted work, find or start the monitor, follow its exits, and catch
+        up on missed ones."""
+        undone = reconcile(self)
+        if any(undone.values()):
+            print(f"berthd: undid interrupted work: {undone}", file=sys.stderr, flush=True)
         await self.monitor.ensure()
         reader, writer = await self.monitor.stream({"op": "events"})
         self._events_task = asyncio.create_task(self._follow_events(reader, writer))
@@ -305,9 +311,11 @@ class ContainerService:
                 "FinishedAt": ZERO_TIME,
             },
             "RestartCount": 0,
+            "Creating": True,  # until every part exists (see engine/reconcile.py)
         }
         self.db.insert(container_id, name, created, record)  # the name is taken here
         try:
+            faults.point("create:inserted")
             state_dir = self.state_dir(container_id)
             os.makedirs(state_dir, mode=0o710)
             self._write_etc_files(container_id, spec)
@@ -315,10 +323,14 @@ class ContainerService:
             self.images.snapshots.prepare(
                 container_id, image.top_layer, labels={"berth.container": name}
             )
+            faults.point("create:snapshot")
             self._mount(container_id)
+            faults.point("create:mounted")
             self.volumes.attach(spec, self.rootfs(container_id))
             record["Spec"] = spec.to_dict()
+            del record["Creating"]
             self.db.update(container_id, record)
+            faults.point("create:done")
         except BaseException:
             self._discard(container_id)
             raise
