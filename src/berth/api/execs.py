@@ -1,10 +1,25 @@
-"""Exec routes: create, start (hijacked like attach), resize, inspect."""
+"""Exec routes: create, start (hijacked like attach), resize, inspect; and the
+websocket attach (``/containers/{id}/attach/ws``), which shares the hijack code."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
-from berth.api.hijack import MULTIPLEXED_STREAM, RAW_STREAM, STDERR, frame, hijack, splice
+from berth.api.hijack import (
+    MULTIPLEXED_STREAM,
+    RAW_STREAM,
+    STDERR,
+    STDOUT,
+    Deframer,
+    attach_ws,
+    drain_later,
+    frame,
+    framed,
+    hijack,
+    splice,
+)
 from berth.api.server import add, json_body, qint, services
 from berth.engine.execs import ExecFailed
 
@@ -18,36 +33,52 @@ async def create(request: web.Request) -> web.StreamResponse:
 async def start(request: web.Request) -> web.StreamResponse:
     body = await json_body(request)
     execs = services(request).containers.execs
-    tty = body.get("Tty")
     detach = bool(body.get("Detach"))
+    record = execs.get(request.match_info["id"])
+    # As Docker: the process has a terminal if the exec was created with one; the
+    # start's Tty only says how the stream is framed (raw, or Docker's frames).
+    raw = bool(body["Tty"]) if body.get("Tty") is not None else record.tty
     try:
-        record, m_reader, m_writer = await execs.start(
-            request.match_info["id"], detach=detach, tty=None if tty is None else bool(tty)
-        )
+        record, m_reader, m_writer = await execs.start(record.id, detach=detach)
     except ExecFailed as exc:
         if detach:
             raise
         # As Docker: the stream carries the error, the exec's exit code says 126/127.
-        record = execs.get(request.match_info["id"])
-        client = await hijack(request, RAW_STREAM if record.tty else MULTIPLEXED_STREAM)
-        message = f"{exc}\r\n".encode() if record.tty else frame(STDERR, f"{exc}\n".encode())
+        client = await hijack(request, RAW_STREAM if raw else MULTIPLEXED_STREAM)
+        message = f"{exc}\r\n".encode() if raw else frame(STDERR, f"{exc}\n".encode())
         await client.write(message)
         client.close()
         return client.response
     if m_reader is None or m_writer is None:
         return web.Response(status=200)
     try:
-        client = await hijack(request, RAW_STREAM if record.tty else MULTIPLEXED_STREAM)
+        client = await hijack(request, RAW_STREAM if raw else MULTIPLEXED_STREAM)
     except BaseException:
         m_writer.close()
         raise
+    transform: Callable[[bytes], bytes] | None = None
+    if record.tty and not raw:
+        transform = framed(STDOUT)
+    elif raw and not record.tty:
+        transform = Deframer()
+    detached = False
     try:
-        await splice(client, m_reader, m_writer)
-        # The client asks for the exit code as soon as its stream ends: record it first.
-        await execs.wait_exit(record)
+        detached = await splice(
+            client,
+            m_reader,
+            m_writer,
+            detach_keys=record.detach_key_bytes if record.attach_stdin else None,
+            transform=transform,
+        )
+        if not detached:
+            # The client asks for the exit code as soon as its stream ends: record it first.
+            await execs.wait_exit(record)
     finally:
-        m_writer.close()
         client.close()
+        if detached:
+            drain_later(m_reader, m_writer)  # closing it would close the exec's stdin
+        else:
+            m_writer.close()
     return client.response
 
 
@@ -67,3 +98,4 @@ def register(app: web.Application) -> None:
     add(app, "POST", "/exec/{id}/start", start)
     add(app, "POST", "/exec/{id}/resize", resize)
     add(app, "GET", "/exec/{id}/json", inspect)
+    add(app, "GET", "/containers/{id}/attach/ws", attach_ws)

@@ -39,6 +39,29 @@ class ExecFailed(BerthError):
         self.exit_code = 127 if "not found" in lowered or "no such file" in lowered else 126
 
 
+DEFAULT_DETACH_KEYS = b"\x10\x11"  # ctrl-p, ctrl-q
+# ctrl-@ is 0, ctrl-a 1 ... ctrl-z 26, then ctrl-[ ctrl-\\ ctrl-] ctrl-^ ctrl-_ (27..31)
+_CTRL = "@abcdefghijklmnopqrstuvwxyz[\\]^_"
+
+
+def parse_detach_keys(text: str | None) -> bytes:
+    """Docker's detach key syntax: comma-separated single characters or ``ctrl-X``;
+    empty means the default ctrl-p,ctrl-q."""
+    if not text:
+        return DEFAULT_DETACH_KEYS
+    codes = bytearray()
+    for key in text.split(","):
+        if len(key) == 1:
+            codes += key.encode("latin-1", errors="replace")[:1]
+            continue
+        lowered = key.lower()
+        if lowered.startswith("ctrl-") and len(lowered) == 6 and lowered[5] in _CTRL:
+            codes.append(_CTRL.index(lowered[5]))
+            continue
+        raise InvalidArgument(f"Invalid detach keys ({text}) provided: unknown key {key!r}")
+    return bytes(codes)
+
+
 @dataclass
 class Exec:
     id: str
@@ -53,6 +76,7 @@ class Exec:
     attach_stdout: bool
     attach_stderr: bool
     detach_keys: str = ""
+    detach_key_bytes: bytes = b""
     console_size: list[int] = field(default_factory=list)
     running: bool = False
     started: bool = False
@@ -67,6 +91,18 @@ def _strings(value: Any, what: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidArgument(f"{what} must be a list of strings")
     return list(value)
+
+
+def _field(body: dict[str, Any], name: str) -> Any:
+    """A body field looked up as Go's JSON decoding does: case-insensitively (docker-py
+    sends ``detachKeys``)."""
+    if name in body:
+        return body[name]
+    lowered = name.lower()
+    for key, value in body.items():
+        if key.lower() == lowered:
+            return value
+    return None
 
 
 def _merge_env(base: list[str], extra: list[str]) -> list[str]:
@@ -108,7 +144,44 @@ class ExecService:
         for exec_id in self.ids_of(container_id):
             del self.execs[exec_id]
 
+    def discard(self, exec_id: str) -> None:
+        """Drop one finished exec's record (health probes: Docker keeps none of them)."""
+        self.execs.pop(exec_id, None)
+
+    def _publish(self, record: Exec, action: str, extra: dict[str, str] | None = None) -> None:
+        """An exec event on the container (``exec_create: CMD``, ``exec_start: CMD``,
+        ``exec_die``), as dockerd publishes them."""
+        attributes = {"execID": record.id}
+        try:
+            container = self.containers.get(record.container_id)
+            attributes.update(
+                {"image": container.spec.image, "name": container.name},
+            )
+            attributes.update(container.spec.labels)
+        except BerthError:
+            pass
+        attributes.update(extra or {})
+        self.containers.events.publish("container", action, record.container_id, attributes)
+
     def create(self, ref: str, body: dict[str, Any]) -> str:
+        body = {
+            name: _field(body, name)
+            for name in (
+                "Cmd",
+                "Env",
+                "WorkingDir",
+                "User",
+                "Privileged",
+                "Tty",
+                "AttachStdin",
+                "AttachStdout",
+                "AttachStderr",
+                "DetachKeys",
+                "ConsoleSize",
+            )
+        }
+        detach_keys = str(_field(body, "DetachKeys") or "")
+        key_bytes = parse_detach_keys(detach_keys)
         container = self.containers.get(ref)
         if not container.state.get("Running"):
             raise Conflict(f"container {container.id} is not running")
@@ -130,10 +203,12 @@ class ExecService:
             attach_stdin=bool(body.get("AttachStdin")),
             attach_stdout=bool(body.get("AttachStdout")),
             attach_stderr=bool(body.get("AttachStderr")),
-            detach_keys=str(body.get("DetachKeys") or ""),
+            detach_keys=detach_keys,
+            detach_key_bytes=key_bytes,
             console_size=[int(v) for v in size][:2] if isinstance(size, list) else [],
         )
         self.execs[record.id] = record
+        self._publish(record, "exec_create: " + " ".join(record.cmd))
         return record.id
 
     def _process(self, record: Exec) -> dict[str, Any]:
@@ -171,15 +246,13 @@ class ExecService:
         return proc
 
     async def start(
-        self, exec_id: str, *, detach: bool, tty: bool | None = None
+        self, exec_id: str, *, detach: bool
     ) -> tuple[Exec, asyncio.StreamReader | None, asyncio.StreamWriter | None]:
         """Start the exec; unless detached, the monitor's stream of it (output in Docker's
         frames, or raw for a TTY; stdin the other way)."""
         record = self.get(exec_id)
         if record.started:
             raise Conflict(f"exec {exec_id} has already been started")
-        if tty is not None:
-            record.tty = tty
         container = self.containers.get(record.container_id)
         if not container.state.get("Running"):
             raise Conflict(f"container {container.id} is not running")
@@ -209,9 +282,12 @@ class ExecService:
             failed = ExecFailed(f"berth-runtime exec failed: {exc}")
             record.exit_code = failed.exit_code
             record.done.set()
+            self._publish(record, "exec_start: " + " ".join(record.cmd))
+            self._publish(record, "exec_die", {"exitCode": str(failed.exit_code)})
             raise failed from None
         record.pid = int(answer.get("pid") or 0)
         record.running = True
+        self._publish(record, "exec_start: " + " ".join(record.cmd))
         return record, reader, writer
 
     def on_exit(self, event: dict[str, Any]) -> None:
@@ -222,6 +298,7 @@ class ExecService:
         record.exit_code = int(event.get("ExitCode", 255))
         record.pid = int(event.get("Pid") or record.pid)
         record.done.set()
+        self._publish(record, "exec_die", {"exitCode": str(record.exit_code)})
 
     async def wait_exit(self, record: Exec) -> None:
         with contextlib.suppress(TimeoutError):
