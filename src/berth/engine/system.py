@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import stat
 from collections.abc import Callable
 from typing import Any
 
@@ -141,20 +142,22 @@ def _now() -> str:
 DF_TYPES = ("container", "image", "volume", "build-cache")
 
 
-def _tree_size(path: str) -> int:
-    """Bytes on disk under ``path`` (hard links once); 0 if it is gone."""
+def content_size(path: str) -> int:
+    """Bytes of the files under ``path`` as Docker counts volumes and writable layers
+    (moby's ``directory.Size``): apparent sizes, folders not counted, hard links once;
+    0 if it is gone."""
     total = 0
-    seen: set[tuple[int, int]] = set()
+    seen: set[int] = set()
     for top, dirs, files in os.walk(path):
         for name in dirs + files:
             try:
                 st = os.lstat(os.path.join(top, name))
             except OSError:
                 continue
-            if (st.st_dev, st.st_ino) in seen:
+            if stat.S_ISDIR(st.st_mode) or st.st_size == 0 or st.st_ino in seen:
                 continue
-            seen.add((st.st_dev, st.st_ino))
-            total += st.st_blocks * 512
+            seen.add(st.st_ino)
+            total += st.st_size
     return total
 
 
@@ -196,7 +199,7 @@ def disk_usage(
         rows = []
         for container in containers:
             directory = container_dirs.get(container["Id"])
-            size_rw = _tree_size(directory) if directory else 0
+            size_rw = content_size(directory) if directory else 0
             rows.append(
                 {
                     **container,

@@ -33,12 +33,11 @@ ANONYMOUS_LABEL = "com.docker.volume.anonymous"
 
 
 def _size(path: str) -> int:
-    total = 0
-    for top, dirs, files in os.walk(path):
-        for name in files + dirs:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(top, name)).st_blocks * 512
-    return total
+    """Bytes of the files under ``path`` as Docker counts a volume (moby's
+    ``directory.Size``): apparent sizes, folders not counted, hard links once."""
+    from berth.engine.system import content_size
+
+    return content_size(path)
 
 
 def _filter_values(filters: dict[str, Any], key: str) -> list[str]:
@@ -242,7 +241,7 @@ class VolumeService:
                 continue
             if not_labels and any(_labels_match(own, [label]) for label in not_labels):
                 continue
-            reclaimed += _size(self.path(name))
+            reclaimed += _size(self.data_path(name))
             self._delete(name)
             deleted.append(name)
         self.events.publish("volume", "prune", "", {"reclaimed": str(reclaimed)})
