@@ -25,7 +25,7 @@ import re
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -296,13 +296,16 @@ class RegistryClient:
         *,
         insecure_registries: Iterable[str] = (),
         config_path: str | None = None,
+        credentials: Mapping[str, Credentials] | None = None,
         user_agent: str = "berth/0.1",
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         retries: int = 5,
         connect_timeout: float = 30.0,
         read_timeout: float = 120.0,
     ) -> None:
-        """``chunk_size``: blobs larger than this are uploaded in chunks of this size."""
+        """``chunk_size``: blobs larger than this are uploaded in chunks of this size.
+        ``credentials`` (domain -> credentials), when given, are the only ones used and
+        no config file is read: a daemon gets them from its client with each request."""
         if chunk_size <= 0:
             raise InvalidArgument(f"invalid upload chunk size {chunk_size}: must be positive")
         self.insecure_registries = frozenset(r.strip().lower() for r in insecure_registries)
@@ -319,6 +322,9 @@ class RegistryClient:
         self._token_lock: asyncio.Lock | None = None
         self._tokens = TokenCache()
         self._creds: dict[str, Credentials | None] = {}
+        if credentials is not None:
+            self._creds = {normalize_login_host(k): v for k, v in credentials.items()}
+        self._fixed_creds = credentials is not None
 
     # --- session ---------------------------------------------------------------------
 
@@ -417,6 +423,8 @@ class RegistryClient:
             raise self._unreachable(host, first_error) from None
 
     def _credentials(self, domain: str) -> Credentials | None:
+        if self._fixed_creds:
+            return self._creds.get(domain)
         if domain not in self._creds:
             self._creds[domain] = load_credentials(domain, self.config_path)
         return self._creds[domain]
@@ -1201,6 +1209,14 @@ class RegistryClient:
 
     async def login(self, host: str, username: str, password: str) -> str:
         """Check the credentials against ``host``'s /v2/, then store them; return the file."""
+        domain = await self.check_login(host, username, password)
+        path = store_credentials(domain, username, password, self.config_path)
+        self._creds[domain] = Credentials(username, password)
+        return path
+
+    async def check_login(self, host: str, username: str, password: str) -> str:
+        """Whether ``host`` accepts the credentials (basic, or the token flow), storing
+        nothing (the daemon's ``/auth``); returns the normalised domain."""
         domain = normalize_login_host(host)
         creds = Credentials(username, password)
         endpoint = await self._endpoint(domain)
@@ -1225,9 +1241,7 @@ class RegistryClient:
                     raise RegistryError(f"login to {domain} failed: {await _error_text(resp)}")
         except (TimeoutError, aiohttp.ClientError) as e:
             raise self._unreachable(_connect_host(domain), e) from None
-        path = store_credentials(domain, username, password, self.config_path)
-        self._creds[domain] = creds
-        return path
+        return domain
 
 
 def normalize_login_host(host: str) -> str:

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "InvalidArchive",
+    "images_to_save",
     "import_rootfs",
     "load",
     "load_oci_layout",
@@ -222,6 +223,12 @@ def _resolve(store: ImageStore, refs: list[str]) -> list[_Saved]:
         # a digest reference saves the image without a tag, as Docker does
         add(image, None if reference.tag is None and reference.digest else _normal_name(ref))
     return list(chosen.values())
+
+
+def images_to_save(store: ImageStore, refs: list[str]) -> list[Image]:
+    """The images ``save(store, refs, ...)`` would write; raises before any byte is
+    written when a name is unknown (a daemon answers 404 then, not a broken tar)."""
+    return [saved.image for saved in _resolve(store, refs)]
 
 
 def _familiar(name: str) -> tuple[str, str, str]:
