@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 import uuid
+from typing import Any
 
 import pytest
 from tests.compat.berthd import Daemon
@@ -32,7 +33,7 @@ def _lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def _events(daemon: Daemon, query: str) -> list[dict[str, object]]:
+def _events(daemon: Daemon, query: str) -> list[dict[str, Any]]:
     response = daemon.get(f"/events?{query}", timeout=10)
     assert response.status == 200, response
     assert response.headers["content-type"].startswith("application/json")
@@ -156,14 +157,14 @@ def test_raw_api_timestamps_and_errors(daemon: Daemon) -> None:
     daemon.post("/volumes/create", {"Name": name})
     daemon.delete(f"/volumes/{name}")
     events = _events(daemon, f"since={since}&until={_now()}")
-    mine = [e for e in events if (e["Actor"] or {}).get("ID") == name]  # type: ignore[union-attr]
+    mine = [e for e in events if (e["Actor"] or {}).get("ID") == name]
     assert [e["Action"] for e in mine] == ["create", "destroy"]
     for event in mine:
         assert event["Type"] == "volume" and event["scope"] == "local"
-        assert event["time"] == int(event["timeNano"]) // 1_000_000_000  # type: ignore[call-overload]
+        assert event["time"] == int(event["timeNano"]) // 1_000_000_000
     # whole seconds work too; a window in the past before these events holds none of them
     early = _events(daemon, f"since={int(float(since)) - 100}&until={int(float(since)) - 50}")
-    assert not [e for e in early if (e["Actor"] or {}).get("ID") == name]  # type: ignore[union-attr]
+    assert not [e for e in early if (e["Actor"] or {}).get("ID") == name]
     assert daemon.get("/events?since=yesterday").status == 400
     assert daemon.get("/events?until=1&since=2").status == 400
     assert daemon.get('/events?until=1&filters={"type":["bogus"]}').status == 400

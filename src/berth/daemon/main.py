@@ -166,6 +166,7 @@ async def serve(args: argparse.Namespace, listeners: list[Listen]) -> int:
     from aiohttp import web
 
     from berth.api.server import Services, make_app
+    from berth.daemon.tls import TLSListener
     from berth.engine.containers import ContainerService
     from berth.engine.events import EventBus
     from berth.engine.images import ImageService
@@ -202,17 +203,24 @@ async def serve(args: argparse.Namespace, listeners: list[Listen]) -> int:
     images.in_use = images_in_use
     runner: web.AppRunner | None = None
     made: list[str] = []
+    fronts: list[TLSListener] = []
     try:
+        containers.networks.bip = args.bip
+        await containers.networks.startup()
         await containers.startup()
         app = make_app(Services(containers, images, root))
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         gid = _socket_group()
         for listen in listeners:
-            site: web.BaseSite
             if listen.tcp:
-                site = web.TCPSite(runner, listen.address, listen.port, ssl_context=context)
-                await site.start()
+                if context is not None:
+                    assert runner.server is not None  # set by setup()
+                    front = TLSListener(runner.server, context, listen.address, listen.port)
+                    await front.start()
+                    fronts.append(front)
+                else:
+                    await web.TCPSite(runner, listen.address, listen.port).start()
                 kind = "TLS, client certificates required" if context else "NO TLS"
                 _say(f"API listening on {listen.text} ({kind})")
                 if context is None:
@@ -223,8 +231,7 @@ async def serve(args: argparse.Namespace, listeners: list[Listen]) -> int:
                 continue
             if os.path.exists(listen.path):
                 os.unlink(listen.path)
-            site = web.UnixSite(runner, listen.path)
-            await site.start()
+            await web.UnixSite(runner, listen.path).start()
             made.append(listen.path)
             if gid is not None:
                 os.chown(listen.path, 0, gid)
@@ -237,8 +244,11 @@ async def serve(args: argparse.Namespace, listeners: list[Listen]) -> int:
         await stop.wait()
         _say("stopping (containers keep running)")
     finally:
+        for front in fronts:
+            await front.close()
         if runner is not None:
             await runner.cleanup()
+        await containers.networks.shutdown()
         await containers.shutdown()
         store.close()
         for path in (*made, pidfile):
@@ -265,6 +275,9 @@ def build_parser(prog: str = "berthd") -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tlsverify", action="store_true", help="TLS on tcp:// with client certificates required"
+    )
+    parser.add_argument(
+        "--bip", default="", help="the default bridge's gateway/prefix (e.g. 172.30.0.1/16)"
     )
     parser.add_argument("--tlscacert", metavar="FILE", help="CA that signs client certificates")
     parser.add_argument("--tlscert", metavar="FILE", help="the server's certificate")
