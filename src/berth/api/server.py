@@ -162,7 +162,7 @@ def add(app: web.Application, method: str, path: str, handler: Handler) -> None:
 
 
 def make_app(services_: Services) -> web.Application:
-    from berth.api import container_ops, containers, execs, images, volumes
+    from berth.api import container_ops, containers, execs, images, networks, volumes
     from berth.api import system as system_routes
 
     app = web.Application(
@@ -175,4 +175,5 @@ def make_app(services_: Services) -> web.Application:
     execs.register(app)
     container_ops.register(app)
     volumes.register(app)
+    networks.register(app)
     return app

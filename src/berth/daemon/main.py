@@ -205,6 +205,8 @@ async def serve(args: argparse.Namespace, listeners: list[Listen]) -> int:
     made: list[str] = []
     fronts: list[TLSListener] = []
     try:
+        containers.networks.bip = args.bip
+        await containers.networks.startup()
         await containers.startup()
         app = make_app(Services(containers, images, root))
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
@@ -246,6 +248,7 @@ async def serve(args: argparse.Namespace, listeners: list[Listen]) -> int:
             await front.close()
         if runner is not None:
             await runner.cleanup()
+        await containers.networks.shutdown()
         await containers.shutdown()
         store.close()
         for path in (*made, pidfile):
@@ -272,6 +275,9 @@ def build_parser(prog: str = "berthd") -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tlsverify", action="store_true", help="TLS on tcp:// with client certificates required"
+    )
+    parser.add_argument(
+        "--bip", default="", help="the default bridge's gateway/prefix (e.g. 172.30.0.1/16)"
     )
     parser.add_argument("--tlscacert", metavar="FILE", help="CA that signs client certificates")
     parser.add_argument("--tlscert", metavar="FILE", help="the server's certificate")

@@ -28,6 +28,7 @@ from berth.engine.container_ops import ContainerOps
 from berth.engine.events import EventBus
 from berth.engine.execs import ExecService
 from berth.engine.monitor_client import MonitorClient
+from berth.engine.network.service import NetworkService
 from berth.engine.reconcile import reconcile
 from berth.engine.restarts import RestartManager
 from berth.engine.state import EngineDB
@@ -112,6 +113,7 @@ class ContainerService:
         self.db = EngineDB(root)
         self.monitor = MonitorClient(exec_root)
         self.volumes = VolumeService(root, self.db, self.events)
+        self.networks = NetworkService(self)
         self.execs = ExecService(self)
         self.restarts = RestartManager(self)
         self.ops = ContainerOps(self)
@@ -235,6 +237,7 @@ class ContainerService:
             self.db.update(container_id, container.data)
             self._resolve(container_id, ("not-running", "next-exit"), code)
             auto_remove = container.spec.auto_remove
+            await self.networks.teardown(container_id)
         if self.restarts.after_exit(container_id):
             return
         if auto_remove:
@@ -327,6 +330,7 @@ class ContainerService:
             self._mount(container_id)
             faults.point("create:mounted")
             self.volumes.attach(spec, self.rootfs(container_id))
+            self.networks.on_create(container_id, name, body, spec.network_mode, image_config)
             record["Spec"] = spec.to_dict()
             del record["Creating"]
             self.db.update(container_id, record)
@@ -387,6 +391,7 @@ class ContainerService:
 
     def _discard(self, container_id: str) -> None:
         """Undo whatever create made; every step tolerates its part being absent."""
+        self.networks.remove_container(container_id)
         self._unmount(container_id)
         if self.images.snapshots.exists(container_id):
             self.images.snapshots.remove(container_id)
@@ -410,6 +415,7 @@ class ContainerService:
             spec = container.spec
             self._mount(container.id)
             bundle = self.bundle(container.id)
+            netns_path = await self.networks.setup(container)
             config = specgen.oci_config(
                 spec,
                 container_id=container.id,
@@ -417,6 +423,7 @@ class ContainerService:
                 hostname_file=os.path.join(self.state_dir(container.id), "hostname"),
                 hosts_file=os.path.join(self.state_dir(container.id), "hosts"),
                 resolv_file=os.path.join(self.state_dir(container.id), "resolv.conf"),
+                netns=netns_path,
             )
             config["annotations"] = {"org.berth.container.name": container.name}
             tmp = os.path.join(bundle, "config.json.tmp")
@@ -439,7 +446,7 @@ class ContainerService:
                     "log_max_size": spec.log_max_size,
                     "log_max_files": spec.log_max_files,
                     "exit_file": self.exit_path(container.id),
-                    "loopback_up": spec.network_mode != "host",
+                    "loopback_up": spec.network_mode != "host" and not netns_path,
                 }
             )
             container.data.pop("ManuallyStopped", None)
@@ -748,7 +755,7 @@ class ContainerService:
             "ReadonlyRootfs": spec.readonly_rootfs,
             "SecurityOpt": (data.get("HostConfig") or {}).get("SecurityOpt"),
             "ShmSize": specgen.SHM_SIZE,
-            "PortBindings": {},
+            **self.networks.host_config(container),
             "Runtime": "berth-runtime",
             "Init": None,
         }
@@ -778,7 +785,7 @@ class ContainerService:
             "GraphDriver": {"Name": "overlay", "Data": None},
             "Mounts": mount_points(spec),
             "Config": config,
-            "NetworkSettings": self._network_settings(spec),
+            "NetworkSettings": self.networks.settings(container),
             "Warnings": spec.warnings or None,
         }
 
@@ -840,12 +847,12 @@ class ContainerService:
                     "ImageID": spec.image_id,
                     "Command": " ".join(spec.args),
                     "Created": int(_epoch(container.data["Created"])),
-                    "Ports": [],
+                    "Ports": self.networks.port_list(container),
                     "Labels": spec.labels,
                     "State": _display_status(container),
                     "Status": text,
                     "HostConfig": {"NetworkMode": spec.network_mode},
-                    "NetworkSettings": {"Networks": self._network_settings(spec)["Networks"]},
+                    "NetworkSettings": {"Networks": self.networks.settings(container)["Networks"]},
                     "Mounts": mount_points(spec),
                 }
             )

@@ -384,15 +384,11 @@ def from_docker(
     labels.update(body.get("Labels") or {})
     mode = str(host.get("NetworkMode") or "")
     warnings: list[str] = []
-    if mode not in NETWORK_MODES:
-        raise InvalidArgument(
-            f"network mode {mode!r} is not supported yet: use none, host or bridge"
-        )
-    if mode in ("bridge", "default", ""):
-        warnings.append(
-            "bridge networking is not implemented yet: the container has a private"
-            " network namespace with loopback only"
-        )
+    if mode not in NETWORK_MODES and not re.fullmatch(
+        r"container:.+|[a-zA-Z0-9][a-zA-Z0-9_. -]*", mode
+    ):  # a user network's name or id; engine/network checks that it exists
+        raise InvalidArgument(f"invalid network mode {mode!r}")
+    if mode in ("default", ""):
         mode = "bridge"
     cap_add = [_cap_name(c) for c in _strings(host.get("CapAdd"), "CapAdd")]
     cap_drop = [_cap_name(c) for c in _strings(host.get("CapDrop"), "CapDrop")]
@@ -549,6 +545,7 @@ def oci_config(
     hostname_file: str,
     hosts_file: str,
     resolv_file: str,
+    netns: str = "",
 ) -> dict[str, Any]:
     """The runtime's config.json for this container (``rootfs`` is mounted already)."""
     caps = capabilities(spec)
@@ -676,8 +673,8 @@ def oci_config(
         {"type": "uts"},
         {"type": "mount"},
     ]
-    if spec.network_mode != "host":
-        namespaces.append({"type": "network"})
+    if spec.network_mode != "host":  # the engine's namespace (engine/network), by path
+        namespaces.append({"type": "network", **({"path": netns} if netns else {})})
     resources: dict[str, Any] = {
         "devices": [{"allow": bool(spec.privileged), "access": "rwm"}],
     }

@@ -1,0 +1,206 @@
+"""Netlink work through pyroute2: bridges, veth pairs, addresses and routes.
+
+Every function here blocks (netlink round trips, a few ms); the service calls them
+in a worker thread. A container's end of a veth pair is made directly inside its
+namespace (``peer.net_ns_fd``), so no interface ever appears on the host under the
+container's name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, ParamSpec, TypeVar
+
+from pyroute2 import IPRoute  # type: ignore[import-untyped]
+from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
+
+from berth.errors import SystemFailure
+from berth.linux import syscalls as sc
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="berth-netlink")
+
+
+def off_loop(func: Callable[_P, _T]) -> Callable[_P, _T]:
+    """pyroute2's synchronous API runs an event loop of its own, which fails in a thread
+    that has one running (the daemon's): such calls go to a worker thread."""
+
+    @functools.wraps(func)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return func(*args, **kwargs)
+        return _pool.submit(func, *args, **kwargs).result()
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def _netns(path: str) -> Iterator[Any]:
+    """IPRoute inside the namespace at ``path``: this thread steps in (setns) for the
+    work and back. pyroute2's own ``netns=`` forks a helper whose SIGTERM
+    would reach the daemon's asyncio wakeup fd and stop the daemon."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(path, os.O_RDONLY)
+    try:
+        sc.setns(target, sc.CLONE_NEWNET)
+        try:
+            with IPRoute() as ipr:  # pyroute2 binds lazily: all the work happens in here
+                yield ipr
+        finally:
+            sc.setns(own, sc.CLONE_NEWNET)
+    finally:
+        os.close(target)
+        os.close(own)
+
+
+def _sysctl(path: str, value: str) -> None:
+    with contextlib.suppress(OSError), open(os.path.join("/proc/sys", path), "w") as f:
+        f.write(value)
+
+
+@off_loop
+def ensure_bridge(name: str, gateway: str, prefixlen: int) -> None:
+    """The bridge, up, with the gateway address (made or completed; idempotent)."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            try:
+                ipr.link("add", ifname=name, kind="bridge")
+            except NetlinkError as exc:
+                raise SystemFailure(f"cannot create bridge {name}: {exc}") from None
+            found = ipr.link_lookup(ifname=name)
+        index = found[0]
+        have = {
+            (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)
+        }
+        if gateway and (gateway, prefixlen) not in have:
+            with contextlib.suppress(NetlinkError):
+                ipr.addr("add", index=index, address=gateway, prefixlen=prefixlen)
+        ipr.link("set", index=index, state="up")
+    # loopback-published ports reach containers through this bridge (DNAT in output)
+    _sysctl(f"net/ipv4/conf/{name}/route_localnet", "1")
+    _sysctl("net/ipv4/ip_forward", "1")
+
+
+@off_loop
+def delete_link(name: str) -> None:
+    with IPRoute() as ipr:
+        for index in ipr.link_lookup(ifname=name):
+            with contextlib.suppress(NetlinkError):
+                ipr.link("del", index=index)
+
+
+@off_loop
+def link_names() -> list[str]:
+    with IPRoute() as ipr:
+        return [str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()]
+
+
+@off_loop
+def loopback_up(netns_path: str) -> None:
+    with _netns(netns_path) as ns:
+        ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+
+
+@off_loop
+def attach(
+    netns_path: str,
+    *,
+    host_name: str,
+    ifname: str,
+    bridge: str,
+    address: str,
+    prefixlen: int,
+    mac: str,
+    gateway: str,
+) -> None:
+    """A veth pair: ``host_name`` on the bridge, ``ifname`` in the namespace with its
+    address (and a default route through ``gateway`` when that is not empty)."""
+    fd = os.open(netns_path, os.O_RDONLY)
+    try:
+        with IPRoute() as ipr:
+            bridges = ipr.link_lookup(ifname=bridge)
+            if not bridges:
+                raise SystemFailure(f"bridge {bridge} is missing")
+            delete_stale = ipr.link_lookup(ifname=host_name)
+            for index in delete_stale:
+                with contextlib.suppress(NetlinkError):
+                    ipr.link("del", index=index)
+            try:
+                ipr.link(
+                    "add",
+                    ifname=host_name,
+                    kind="veth",
+                    peer={"ifname": ifname, "net_ns_fd": fd},
+                )
+            except NetlinkError as exc:
+                raise SystemFailure(f"cannot create veth {host_name}: {exc}") from None
+            index = ipr.link_lookup(ifname=host_name)[0]
+            ipr.link("set", index=index, master=bridges[0], state="up")
+        # hairpin: a container reaching its own published port comes back on its port
+        _sysctl_path = f"/sys/class/net/{host_name}/brport/hairpin_mode"
+        with contextlib.suppress(OSError), open(_sysctl_path, "w") as f:
+            f.write("1")
+    finally:
+        os.close(fd)
+    try:
+        with _netns(netns_path) as ns:
+            inner = ns.link_lookup(ifname=ifname)[0]
+            ns.link("set", index=inner, address=mac)
+            ns.addr("add", index=inner, address=address, prefixlen=prefixlen)
+            ns.link("set", index=inner, state="up")
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+            if gateway and not _has_default(ns):
+                ns.route("add", dst="0.0.0.0/0", gateway=gateway)
+    except (NetlinkError, IndexError) as exc:
+        delete_link(host_name)
+        raise SystemFailure(f"cannot configure {ifname} in {netns_path}: {exc}") from None
+
+
+def _has_default(ns: Any) -> bool:
+    return any(r["dst_len"] == 0 for r in ns.route("dump", family=2) if r["table"] == 254)
+
+
+@off_loop
+def free_ifname(netns_path: str) -> str:
+    """The next ``ethN`` not present in the namespace."""
+    with _netns(netns_path) as ns:
+        names = {str(link.get_attr("IFLA_IFNAME")) for link in ns.get_links()}
+    n = 0
+    while f"eth{n}" in names:
+        n += 1
+    return f"eth{n}"
+
+
+@off_loop
+def ensure_default_route(netns_path: str, gateway: str) -> None:
+    with _netns(netns_path) as ns:
+        if not _has_default(ns):
+            with contextlib.suppress(NetlinkError):
+                ns.route("add", dst="0.0.0.0/0", gateway=gateway)
+
+
+@off_loop
+def host_routes(exclude: frozenset[str] = frozenset()) -> list[str]:
+    """Destinations (CIDR) of the host's IPv4 routes and its addresses, but those of
+    the interfaces in ``exclude`` (the daemon's own bridges)."""
+    found: list[str] = []
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        skip = {index for index, name in names.items() if name in exclude}
+        for route in ipr.get_routes(family=2):
+            dst = route.get_attr("RTA_DST")
+            if dst and route["dst_len"] > 0 and route.get_attr("RTA_OIF") not in skip:
+                found.append(f"{dst}/{route['dst_len']}")
+        for addr in ipr.get_addr(family=2):
+            if addr["index"] not in skip:
+                found.append(f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}")
+    return found

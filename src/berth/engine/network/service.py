@@ -1,0 +1,1030 @@
+"""NetworkService: the one owner of everything networking adds to the host.
+
+- A container that is not on the host's network gets a namespace of the engine's
+  (``<exec-root>/netns/<id>``, made at start, gone at exit), which its OCI config joins
+  by path; ``container:NAME`` joins the same path; ``none`` has loopback only.
+- A container on a bridge network gets one veth pair per network, an address held
+  from create to removal (IPAM in SQLite), a default route (not on ``--internal``).
+- nftables (``nft.py``) is rewritten from the state on every change: masquerade,
+  published ports (DNAT in prerouting and output), isolation, internal networks.
+- User-defined networks get the embedded DNS (``dns.py``) on their gateway address.
+
+Ownership: records in SQLite (``ipam.NetworkDB``) say what should exist; on daemon
+start whatever of ours exists without a reason (a netns of a stopped container, the
+veth of one) is removed, and the rules are rewritten. A daemon that stops with no
+container on a network removes its bridges and tables; otherwise they stay for the
+running containers, as their processes do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import os
+import re
+import secrets
+import socket
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from berth.engine.network import ipam, links, netns, nft, ports
+from berth.engine.network.dns import Listener, Resolver
+from berth.errors import BerthError, Conflict, InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from berth.engine.containers import Container, ContainerService
+
+DEFAULT_EXEC_ROOT = "/run/berth"
+PREDEFINED = ("bridge", "host", "none")
+VETH_PREFIX = "brth"
+USER_BRIDGE_PREFIX = "brn-"
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_. -]*$")
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+
+
+def _now() -> str:
+    from berth.engine import jsonlog
+
+    return jsonlog.rfc3339nano()
+
+
+def veth_name(container_id: str, network_id: str) -> str:
+    return VETH_PREFIX + hashlib.sha256((container_id + network_id).encode()).hexdigest()[:10]
+
+
+def _log(message: str) -> None:
+    print(f"berthd: network: {message}", file=sys.stderr, flush=True)
+
+
+class NetworkService:
+    def __init__(self, containers: ContainerService) -> None:
+        self.containers = containers
+        self.db = ipam.NetworkDB(containers.db.conn)
+        exec_root = os.path.abspath(containers.exec_root)
+        self.netns_dir = os.path.join(exec_root, "netns")
+        digest = hashlib.sha256(exec_root.encode()).hexdigest()[:6]
+        default = exec_root == DEFAULT_EXEC_ROOT
+        self.tag = "berth" if default else f"berth-{digest}"  # nftables table names
+        self.default_bridge = "berth0" if default else f"berth{digest}"
+        self.bip = ""  # berthd --bip: gateway/prefix of the default bridge
+        self._lock = asyncio.Lock()
+        self._held: dict[str, list[socket.socket]] = {}
+        self._dns: dict[str, Listener] = {}
+        self.resolver = Resolver(self._lookup)
+
+    # ---- daemon start and stop ------------------------------------------------------------
+
+    def _running(self, container_id: str) -> bool:
+        record = self.containers.db.get(container_id)
+        return record is not None and record["State"]["Status"] == "running"
+
+    async def startup(self) -> None:
+        """Predefined networks, bridges, and a reconcile of what exists with the state."""
+        netns.prepare_dir(self.netns_dir)
+        self._predefined()
+        for network in self._bridges():
+            config = network["IPAM"]["Config"][0]
+            prefix = ipaddress.IPv4Network(config["Subnet"]).prefixlen
+            await asyncio.to_thread(
+                links.ensure_bridge, network["_Bridge"], config["Gateway"], prefix
+            )
+        # stale: namespaces and veths of containers that are not running (or are gone)
+        for name in netns.listing(self.netns_dir):
+            if not self._running(name):
+                netns.remove(os.path.join(self.netns_dir, name))
+        existing = set(await asyncio.to_thread(links.link_names))
+        for container_id in self.db.container_ids():
+            if self._running(container_id):
+                self._reserve_again(container_id)
+                continue
+            for endpoint in self.db.endpoints(container_id=container_id):
+                if endpoint["Veth"] in existing:
+                    await asyncio.to_thread(links.delete_link, endpoint["Veth"])
+            self._set_runtime(container_id, {})
+        self._apply()
+        for network in self._bridges():
+            await self._start_dns(network)
+
+    async def shutdown(self) -> None:
+        for listener in list(self._dns.values()):
+            await listener.stop()
+        self._dns.clear()
+        for held in self._held.values():
+            for sock in held:
+                sock.close()
+        self._held.clear()
+        if any(self._running(cid) for cid in self.db.container_ids()):
+            return  # running containers keep their bridges and rules
+        for network in self._bridges():
+            await asyncio.to_thread(links.delete_link, network["_Bridge"])
+        with contextlib.suppress(BerthError):
+            nft.apply(nft.ruleset(self.tag, [], []))
+        netns.release_dir(self.netns_dir)
+
+    def _predefined(self) -> None:
+        have = {n["Name"]: n for n in self.db.networks()}
+        if "bridge" in have:
+            bridge = have["bridge"]
+            subnet = ipaddress.IPv4Network(bridge["IPAM"]["Config"][0]["Subnet"])
+            clash = any(
+                subnet.overlaps(ipaddress.IPv4Network(r, strict=False))
+                for r in self._foreign_routes()
+            )
+            if clash and not self.bip and not self.db.endpoints(network_id=bridge["Id"]):
+                # another bridge took the subnet while this daemon was away: move
+                subnet = self._free_subnet(skip=bridge["Id"])
+                bridge["IPAM"]["Config"] = [
+                    {"Subnet": str(subnet), "Gateway": str(next(subnet.hosts()))}
+                ]
+                self.db.update_network(bridge)
+            if self.bip and self._bip_config() != bridge["IPAM"]["Config"][0]:
+                if self.db.endpoints(network_id=bridge["Id"]):
+                    _log("--bip ignored: containers are on the default bridge")
+                else:
+                    bridge["IPAM"]["Config"] = [self._bip_config()]
+                    self.db.update_network(bridge)
+        else:
+            if self.bip:
+                config = self._bip_config()
+            else:
+                subnet = self._free_subnet()
+                config = {"Subnet": str(subnet), "Gateway": str(next(subnet.hosts()))}
+            self.db.add_network(
+                self._record(
+                    "bridge",
+                    "bridge",
+                    config,
+                    options={
+                        "com.docker.network.bridge.default_bridge": "true",
+                        "com.docker.network.bridge.enable_icc": "true",
+                        "com.docker.network.bridge.enable_ip_masquerade": "true",
+                        "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
+                        BRIDGE_NAME_OPTION: self.default_bridge,
+                        "com.docker.network.driver.mtu": "1500",
+                    },
+                    bridge=self.default_bridge,
+                )
+            )
+        for name, driver in (("host", "host"), ("none", "null")):
+            if name not in have:
+                self.db.add_network(self._record(name, driver, None))
+
+    def _bip_config(self) -> dict[str, str]:
+        try:
+            interface = ipaddress.IPv4Interface(self.bip)
+        except ValueError:
+            raise InvalidArgument(f"invalid --bip {self.bip!r}: use e.g. 172.30.0.1/16") from None
+        return {"Subnet": str(interface.network), "Gateway": str(interface.ip)}
+
+    def _foreign_routes(self) -> list[str]:
+        """The host's routes and addresses but those through our own bridges."""
+        own = frozenset(n["_Bridge"] for n in self._bridges())
+        try:
+            return links.host_routes(own)
+        except Exception as exc:  # netlink unavailable: only our own networks count
+            _log(f"cannot read the host's routes: {exc}")
+            return []
+
+    def _free_subnet(self, skip: str = "") -> ipaddress.IPv4Network:
+        taken = [
+            c["Subnet"] for n in self._bridges() for c in n["IPAM"]["Config"] if n["Id"] != skip
+        ]
+        return ipam.pick_subnet([*taken, *self._foreign_routes()])
+
+    @staticmethod
+    def _record(
+        name: str,
+        driver: str,
+        config: dict[str, str] | None,
+        *,
+        options: dict[str, str] | None = None,
+        bridge: str = "",
+        internal: bool = False,
+        attachable: bool = False,
+        labels: dict[str, str] | None = None,
+        network_id: str = "",
+    ) -> dict[str, Any]:
+        return {
+            "Name": name,
+            "Id": network_id or secrets.token_hex(32),
+            "Created": _now(),
+            "Scope": "local",
+            "Driver": driver,
+            "EnableIPv6": False,
+            "IPAM": {
+                "Driver": "default",
+                "Options": None if driver != "bridge" or name == "bridge" else {},
+                "Config": [config] if config else [],
+            },
+            "Internal": internal,
+            "Attachable": attachable,
+            "Ingress": False,
+            "ConfigFrom": {"Network": ""},
+            "ConfigOnly": False,
+            "Options": options or {},
+            "Labels": labels or {},
+            "_Bridge": bridge,
+        }
+
+    def _bridges(self) -> list[dict[str, Any]]:
+        return [n for n in self.db.networks() if n["Driver"] == "bridge"]
+
+    def _apply(self) -> None:
+        bridges = [
+            nft.Bridge(n["_Bridge"], n["IPAM"]["Config"][0]["Subnet"], bool(n["Internal"]))
+            for n in self._bridges()
+        ]
+        forwards: list[nft.Forward] = []
+        for container_id in self.db.container_ids():
+            record = self.db.container(container_id) or {}
+            runtime = record.get("Runtime") or {}
+            target = runtime.get("PortTarget") or ""
+            if not target:
+                continue
+            for key, bindings in (runtime.get("Ports") or {}).items():
+                port, proto = ports.parse_key(key)
+                for binding in bindings or []:
+                    forwards.append(
+                        nft.Forward(
+                            proto, binding["HostIp"], int(binding["HostPort"]), target, port
+                        )
+                    )
+        nft.apply(nft.ruleset(self.tag, bridges, forwards))
+
+    # ---- lookups -----------------------------------------------------------------------
+
+    def get(self, ref: str) -> dict[str, Any]:
+        found = self.db.find_network(ref)
+        if not found:
+            raise NotFound(f"network {ref} not found")
+        if len(found) > 1:
+            raise InvalidArgument(f"network {ref} is ambiguous ({len(found)} matches found)")
+        return found[0]
+
+    # ---- containers: create, start, exit, remove -------------------------------------------
+
+    def on_create(
+        self, container_id: str, name: str, body: dict[str, Any], mode: str,
+        image_config: dict[str, Any],
+    ) -> None:  # fmt: skip
+        """Validate and record the container's networking; endpoints get addresses."""
+        host = body.get("HostConfig") or {}
+        asked = ports.requested(body, host, image_config)
+        record: dict[str, Any] = {
+            "Mode": mode,
+            "Ports": asked,
+            "Exposed": ports.exposed_keys(body, image_config, asked),
+            "Dns": [str(d) for d in host.get("Dns") or []],
+            "DnsSearch": [str(d) for d in host.get("DnsSearch") or []],
+            "DnsOptions": [str(d) for d in host.get("DnsOptions") or []],
+            "ExtraHosts": [str(h) for h in host.get("ExtraHosts") or []],
+            "Runtime": {},
+        }
+        for entry in record["ExtraHosts"]:
+            hostname, sep, address = entry.partition(":")
+            if not sep or not hostname or not address:
+                raise InvalidArgument(f"invalid extra host {entry!r}: use NAME:ADDRESS")
+        for server in record["Dns"]:
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                raise InvalidArgument(f"invalid DNS server address {server!r}") from None
+        endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+        if not isinstance(endpoints, dict):
+            raise InvalidArgument("NetworkingConfig.EndpointsConfig must be an object")
+        if mode.startswith("container:"):
+            other = self.containers.get(mode.partition(":")[2])
+            if other.id == container_id:
+                raise InvalidArgument("cannot join the network namespace of the container itself")
+            record["Mode"] = "container:" + other.id
+        self.db.set_container(container_id, record)
+        if mode in ("host", "none") or mode.startswith("container:"):
+            return
+        primary = self.get(mode)
+        if primary["Driver"] != "bridge":
+            raise InvalidArgument(f"container cannot be connected to network {mode}")
+        given = {
+            self.get("bridge" if key == "default" else key)["Id"]: value or {}
+            for key, value in endpoints.items()
+        }
+        self._new_endpoint(container_id, name, primary, given.pop(primary["Id"], {}), 0)
+        for order, (network_id, config) in enumerate(given.items(), start=1):
+            network = self.db.network(network_id) or {}
+            if network.get("Driver") != "bridge":
+                raise InvalidArgument(
+                    f"container cannot be connected to network {network.get('Name')}"
+                )
+            self._new_endpoint(container_id, name, network, config, order)
+
+    def _new_endpoint(
+        self,
+        container_id: str,
+        name: str,
+        network: dict[str, Any],
+        config: dict[str, Any],
+        order: int,
+    ) -> dict[str, Any]:
+        aliases = [str(a) for a in config.get("Aliases") or []]
+        ipam_config = config.get("IPAMConfig") or {}
+        wanted = str(ipam_config.get("IPv4Address") or "")
+        user_defined = network["Name"] != "bridge"
+        if aliases and not user_defined:
+            raise InvalidArgument(
+                "network-scoped alias is supported only for containers in user defined networks"
+            )
+        if wanted and not user_defined:
+            raise InvalidArgument(
+                "user specified IP address is supported on user defined networks only"
+            )
+        if ipam_config.get("IPv6Address"):
+            raise InvalidArgument("IPv6 addresses are not supported: the network has no IPv6")
+        subnet_config = network["IPAM"]["Config"][0]
+        address = ipam.allocate(subnet_config, self.db.used_addresses(network["Id"]), wanted)
+        mac = str(config.get("MacAddress") or "") or ipam.mac_for(address)
+        short = container_id[:12]
+        endpoint = {
+            "ContainerID": container_id,
+            "NetworkID": network["Id"],
+            "EndpointID": secrets.token_hex(32),
+            "IPAddress": address,
+            "IPPrefixLen": ipaddress.IPv4Network(subnet_config["Subnet"]).prefixlen,
+            "Gateway": "" if network["Internal"] else subnet_config.get("Gateway", ""),
+            "BridgeGateway": subnet_config.get("Gateway", ""),
+            "MacAddress": mac,
+            "Aliases": ([*aliases, short] if user_defined else None),
+            "IPAMConfig": ({k: v for k, v in ipam_config.items() if v} or None),
+            "Links": config.get("Links") or None,
+            "DriverOpts": config.get("DriverOpts") or None,
+            "Veth": veth_name(container_id, network["Id"]),
+            "Order": order,
+        }
+        self.db.add_endpoint(endpoint)
+        return endpoint
+
+    def _set_runtime(self, container_id: str, runtime: dict[str, Any]) -> None:
+        record = self.db.container(container_id)
+        if record is not None:
+            record["Runtime"] = runtime
+            self.db.set_container(container_id, record)
+
+    async def setup(self, container: Container) -> str:
+        """Before a start: the namespace (path for the OCI config; "" = the host's)."""
+        async with self._lock:
+            record = self.db.container(container.id)
+            if record is None:  # made before networking existed: loopback only
+                record = {"Mode": "none", "Ports": [], "Exposed": [], "Runtime": {}}
+                self.db.set_container(container.id, record)
+            mode = record["Mode"]
+            if mode == "host":
+                return ""
+            if mode.startswith("container:"):
+                return self._join(container, mode.partition(":")[2])
+            path = os.path.join(self.netns_dir, container.id)
+            self._teardown_sync(container.id, apply=False)
+            try:
+                netns.prepare_dir(self.netns_dir)
+                netns.create(path)
+                endpoints = self.db.endpoints(container_id=container.id)
+                if not endpoints:
+                    await asyncio.to_thread(links.loopback_up, path)
+                for index, endpoint in enumerate(endpoints):
+                    network = self.db.network(endpoint["NetworkID"])
+                    if network is None:
+                        raise NotFound(f"network {endpoint['NetworkID']} not found")
+                    await asyncio.to_thread(
+                        links.attach,
+                        path,
+                        host_name=endpoint["Veth"],
+                        ifname=f"eth{index}",
+                        bridge=network["_Bridge"],
+                        address=endpoint["IPAddress"],
+                        prefixlen=endpoint["IPPrefixLen"],
+                        mac=endpoint["MacAddress"],
+                        gateway=endpoint["Gateway"],
+                    )
+                runtime: dict[str, Any] = {"Netns": path, "Ports": {}, "PortTarget": ""}
+                if endpoints and record.get("Ports"):
+                    runtime["PortTarget"] = endpoints[0]["IPAddress"]
+                    runtime["Ports"] = self._reserve(container.id, record["Ports"])
+                self._set_runtime(container.id, runtime)
+                self._write_etc(container, record, endpoints)
+                self._apply()
+            except BaseException:
+                self._teardown_sync(container.id)
+                raise
+            return path
+
+    def _join(self, container: Container, other_id: str) -> str:
+        other = self.containers.get(other_id)
+        if other.status != "running":
+            raise Conflict(f"cannot join network of a non running container: {other.id}")
+        other_record = self.db.container(other.id) or {}
+        if other_record.get("Mode") == "host":
+            return f"/proc/{os.getpid()}/ns/net"
+        path = (other_record.get("Runtime") or {}).get("Netns") or ""
+        if not path and other_record.get("Mode", "").startswith("container:"):
+            return self._join(container, other_record["Mode"].partition(":")[2])
+        if not path:
+            path = f"/proc/{other.state['Pid']}/ns/net"
+        for name in ("hosts", "resolv.conf"):
+            source = os.path.join(self.containers.state_dir(other.id), name)
+            with contextlib.suppress(OSError), open(source, "rb") as f:
+                _write_atomic(os.path.join(self.containers.state_dir(container.id), name), f.read())
+        return path
+
+    def _reserve(self, container_id: str, asked: list[dict[str, Any]]) -> dict[str, Any]:
+        held: list[socket.socket] = []
+        result: dict[str, list[dict[str, str]]] = {}
+        try:
+            for request in asked:
+                sock, port = ports.reserve(
+                    request["host_ip"], request["proto"], request["first"], request["last"]
+                )
+                held.append(sock)
+                key = f"{request['port']}/{request['proto']}"
+                result.setdefault(key, []).append(
+                    {"HostIp": request["host_ip"] or "0.0.0.0", "HostPort": str(port)}
+                )
+        except BaseException:
+            for sock in held:
+                sock.close()
+            raise
+        self._held[container_id] = held
+        return result
+
+    def _reserve_again(self, container_id: str) -> None:
+        """After a daemon restart: hold the running container's ports again."""
+        runtime = (self.db.container(container_id) or {}).get("Runtime") or {}
+        held = []
+        for key, bindings in (runtime.get("Ports") or {}).items():
+            _, proto = ports.parse_key(key)
+            for binding in bindings:
+                port = int(binding["HostPort"])
+                host_ip = "" if binding["HostIp"] == "0.0.0.0" else binding["HostIp"]
+                try:
+                    held.append(ports.reserve(host_ip, proto, port, port)[0])
+                except BerthError as exc:
+                    _log(f"{container_id[:12]}: {exc}")
+        self._held[container_id] = held
+
+    def _write_etc(
+        self, container: Container, record: dict[str, Any], endpoints: list[dict[str, Any]]
+    ) -> None:
+        """/etc/hosts and /etc/resolv.conf of the container (before its start)."""
+        state_dir = self.containers.state_dir(container.id)
+        spec = container.spec
+        hostname = spec.hostname or container.id[:12]
+        lines = [
+            "127.0.0.1\tlocalhost",
+            "::1\tlocalhost ip6-localhost ip6-loopback",
+            "fe00::0\tip6-localnet",
+            "ff00::0\tip6-mcastprefix",
+            "ff02::1\tip6-allnodes",
+            "ff02::2\tip6-allrouters",
+        ]
+        for entry in record.get("ExtraHosts") or []:
+            name, _, address = entry.partition(":")
+            lines.append(f"{address}\t{name}")
+        if endpoints:
+            names = hostname + (f".{spec.domainname}\t{hostname}" if spec.domainname else "")
+            lines.append(f"{endpoints[0]['IPAddress']}\t{names}")
+        _write_atomic(os.path.join(state_dir, "hosts"), ("\n".join(lines) + "\n").encode())
+        embedded = next(
+            (e["BridgeGateway"] for e in endpoints if self._user_defined(e["NetworkID"])), ""
+        )
+        servers = record.get("Dns") or []
+        host_lines = _host_resolv()
+        search = record.get("DnsSearch") or [
+            w
+            for line in host_lines
+            if line.startswith(("search", "domain"))
+            for w in line.split()[1:]
+        ]
+        options = record.get("DnsOptions") or []
+        if embedded:
+            servers = [embedded]
+            options = (
+                [*options, "ndots:0"]
+                if not any(o.startswith("ndots") for o in options)
+                else options
+            )
+        elif not servers:
+            servers = [
+                s for s in _resolv_servers(host_lines) if not re.match(r"^(127\.|::1$)", s)
+            ] or ["8.8.8.8", "8.8.4.4"]
+        text = "".join(f"nameserver {s}\n" for s in servers)
+        if search:
+            text += "search " + " ".join(search) + "\n"
+        if options:
+            text += "options " + " ".join(options) + "\n"
+        _write_atomic(os.path.join(state_dir, "resolv.conf"), text.encode())
+
+    def _user_defined(self, network_id: str) -> bool:
+        network = self.db.network(network_id)
+        return network is not None and network["Name"] != "bridge" and network["Driver"] == "bridge"
+
+    async def teardown(self, container_id: str) -> None:
+        """After an exit: namespace, veths, port reservations and rules go."""
+        async with self._lock:
+            self._teardown_sync(container_id)
+
+    def _teardown_sync(self, container_id: str, apply: bool = True) -> None:
+        for sock in self._held.pop(container_id, []):
+            sock.close()
+        record = self.db.container(container_id)
+        if record is None:
+            return
+        for endpoint in self.db.endpoints(container_id=container_id):
+            try:
+                links.delete_link(endpoint["Veth"])
+            except Exception as exc:
+                _log(f"cannot delete {endpoint['Veth']}: {exc}")
+        netns.remove(os.path.join(self.netns_dir, container_id))
+        had_ports = bool((record.get("Runtime") or {}).get("Ports"))
+        self._set_runtime(container_id, {})
+        if apply and had_ports:
+            self._apply()
+
+    def remove_container(self, container_id: str) -> None:
+        """The container is removed (or its create failed): release everything."""
+        self._teardown_sync(container_id)
+        self.db.forget_container(container_id)
+
+    # ---- inspect data --------------------------------------------------------------------
+
+    def settings(self, container: Container) -> dict[str, Any]:
+        """``NetworkSettings`` of container inspect."""
+        record = self.db.container(container.id) or {"Mode": container.spec.network_mode}
+        runtime = record.get("Runtime") or {}
+        running = container.status == "running" and bool(runtime)
+        result: dict[str, Any] = {
+            "Bridge": "",
+            "SandboxID": hashlib.sha256(container.id.encode()).hexdigest() if running else "",
+            "HairpinMode": False,
+            "LinkLocalIPv6Address": "",
+            "LinkLocalIPv6PrefixLen": 0,
+            "Ports": {},
+            "SandboxKey": runtime.get("Netns", "") if running else "",
+            "SecondaryIPAddresses": None,
+            "SecondaryIPv6Addresses": None,
+            "EndpointID": "",
+            "Gateway": "",
+            "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0,
+            "IPAddress": "",
+            "IPPrefixLen": 0,
+            "IPv6Gateway": "",
+            "MacAddress": "",
+            "Networks": {},
+        }
+        if running:
+            published = runtime.get("Ports") or {}
+            result["Ports"] = {key: published.get(key) for key in record.get("Exposed") or []}
+        mode = record.get("Mode", "none")
+        if mode in ("host", "none"):
+            network = self.get(mode)
+            result["Networks"][mode] = _endpoint_view(None, network["Id"])
+            return result
+        for endpoint in self.db.endpoints(container_id=container.id):
+            network = self.db.network(endpoint["NetworkID"]) or {"Name": endpoint["NetworkID"]}
+            view = _endpoint_view(endpoint if running else None, endpoint["NetworkID"], endpoint)
+            result["Networks"][network["Name"]] = view
+            if network["Name"] == "bridge" and running:
+                for key in ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress"):
+                    result[key] = view[key]
+        return result
+
+    def host_config(self, container: Container) -> dict[str, Any]:
+        host = container.data.get("HostConfig") or {}
+        return {
+            "PortBindings": host.get("PortBindings") or {},
+            "PublishAllPorts": bool(host.get("PublishAllPorts")),
+            "Dns": host.get("Dns") or [],
+            "DnsOptions": host.get("DnsOptions") or [],
+            "DnsSearch": host.get("DnsSearch") or [],
+            "ExtraHosts": host.get("ExtraHosts"),
+        }
+
+    def port_list(self, container: Container) -> list[dict[str, Any]]:
+        """``Ports`` of /containers/json."""
+        record = self.db.container(container.id) or {}
+        runtime = record.get("Runtime") or {}
+        published = runtime.get("Ports") or {} if container.status == "running" else {}
+        result: list[dict[str, Any]] = []
+        for key in record.get("Exposed") or []:
+            port, proto = ports.parse_key(key)
+            bindings = published.get(key) or []
+            if not bindings:
+                result.append({"PrivatePort": port, "Type": proto})
+            for binding in bindings:
+                result.append(
+                    {
+                        "IP": binding["HostIp"],
+                        "PrivatePort": port,
+                        "PublicPort": int(binding["HostPort"]),
+                        "Type": proto,
+                    }
+                )
+        return result
+
+    # ---- the networks API --------------------------------------------------------------------
+
+    async def create(self, body: dict[str, Any]) -> dict[str, str]:
+        name = body.get("Name")
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument("network name is required: give Name")
+        if not _NAME.fullmatch(name):
+            raise InvalidArgument(f"invalid network name {name!r}")
+        driver = body.get("Driver") or "bridge"
+        if driver in ("host", "null"):
+            raise Conflict(f'only one instance of "{driver}" network is allowed')
+        if driver != "bridge":
+            raise NotFound(f"plugin {driver!r} not found: only the bridge driver is available")
+        if body.get("EnableIPv6"):
+            raise InvalidArgument("IPv6 networks are not supported yet: drop --ipv6")
+        if body.get("Ingress"):
+            raise InvalidArgument("ingress networks need swarm mode, which Berth does not have")
+        if body.get("ConfigOnly") or (body.get("ConfigFrom") or {}).get("Network"):
+            raise InvalidArgument("config-only networks are not supported")
+        labels = body.get("Labels") or {}
+        options = body.get("Options") or {}
+        if not isinstance(labels, dict) or not isinstance(options, dict):
+            raise InvalidArgument("Labels and Options must be objects of strings")
+        if self.db.find_network(name) and any(
+            n["Name"] == name for n in self.db.find_network(name)
+        ):
+            raise Conflict(f"network with name {name} already exists")
+        ipam_body = body.get("IPAM") or {}
+        if (ipam_body.get("Driver") or "default") != "default":
+            raise InvalidArgument(f"IPAM driver {ipam_body.get('Driver')!r} is not supported")
+        configs = [c for c in ipam_body.get("Config") or [] if c]
+        config = self._subnet_config(configs)
+        bridge_name = str(options.get(BRIDGE_NAME_OPTION) or "")
+        network_id = secrets.token_hex(32)
+        if not bridge_name:
+            bridge_name = USER_BRIDGE_PREFIX + network_id[:11]
+        elif len(bridge_name) > 15 or any(n["_Bridge"] == bridge_name for n in self._bridges()):
+            raise InvalidArgument(f"invalid or taken bridge name {bridge_name!r}")
+        record = self._record(
+            name,
+            "bridge",
+            config,
+            options={str(k): str(v) for k, v in options.items()},
+            bridge=bridge_name,
+            internal=bool(body.get("Internal")),
+            attachable=bool(body.get("Attachable")),
+            labels={str(k): str(v) for k, v in labels.items()},
+            network_id=network_id,
+        )
+        record["IPAM"]["Options"] = ipam_body.get("Options") or {}
+        async with self._lock:
+            self.db.add_network(record)
+            try:
+                prefix = ipaddress.IPv4Network(config["Subnet"]).prefixlen
+                await asyncio.to_thread(links.ensure_bridge, bridge_name, config["Gateway"], prefix)
+                self._apply()
+                await self._start_dns(record)
+            except BaseException:
+                self.db.delete_network(network_id)
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(links.delete_link, bridge_name)
+                with contextlib.suppress(Exception):
+                    self._apply()
+                raise
+        self.containers.events.publish(
+            "network", "create", network_id, {"name": name, "type": "bridge"}
+        )
+        return {"Id": network_id, "Warning": ""}
+
+    def _subnet_config(self, configs: list[dict[str, Any]]) -> dict[str, str]:
+        v4 = []
+        for item in configs:
+            text = str(item.get("Subnet") or "")
+            if ":" in text:
+                raise InvalidArgument("IPv6 subnets are not supported yet")
+            v4.append(item)
+        if len(v4) > 1:
+            raise InvalidArgument("only one IPv4 subnet per network is supported")
+        taken = [c["Subnet"] for n in self._bridges() for c in n["IPAM"]["Config"]]
+        if not v4 or not v4[0].get("Subnet"):
+            if v4 and (v4[0].get("Gateway") or v4[0].get("IPRange")):
+                raise InvalidArgument("a gateway or IP range needs a subnet (--subnet)")
+            subnet = self._free_subnet()
+            return {"Subnet": str(subnet), "Gateway": str(next(subnet.hosts()))}
+        item = v4[0]
+        try:
+            subnet = ipaddress.IPv4Network(str(item["Subnet"]), strict=False)
+        except ValueError:
+            raise InvalidArgument(f"invalid subnet {item['Subnet']!r}") from None
+        if subnet.prefixlen > 30:
+            raise InvalidArgument(f"subnet {subnet} is too small")
+        for other in taken:
+            if subnet.overlaps(ipaddress.IPv4Network(other)):
+                raise Conflict(f"Pool overlaps with other one on this address space: {other}")
+        gateway = str(item.get("Gateway") or next(subnet.hosts()))
+        try:
+            if ipaddress.IPv4Address(gateway) not in subnet:
+                raise InvalidArgument(f"gateway {gateway} is not in subnet {subnet}")
+        except ValueError:
+            raise InvalidArgument(f"invalid gateway {gateway!r}") from None
+        result = {"Subnet": str(subnet), "Gateway": gateway}
+        if item.get("IPRange"):
+            try:
+                ip_range = ipaddress.IPv4Network(str(item["IPRange"]), strict=False)
+            except ValueError:
+                raise InvalidArgument(f"invalid IP range {item['IPRange']!r}") from None
+            if not ip_range.subnet_of(subnet):
+                raise InvalidArgument(f"IP range {ip_range} is not within subnet {subnet}")
+            result["IPRange"] = str(ip_range)
+        if item.get("AuxiliaryAddresses"):
+            raise InvalidArgument("auxiliary addresses are not supported")
+        return result
+
+    async def _start_dns(self, network: dict[str, Any]) -> None:
+        if network["Name"] == "bridge" or network["Id"] in self._dns:
+            return
+        address = network["IPAM"]["Config"][0]["Gateway"]
+        listener = Listener(self.resolver, address, forward=not network["Internal"])
+        try:
+            await listener.start()
+        except OSError as exc:
+            _log(f"embedded DNS on {address}:53 of {network['Name']}: {exc}")
+            return
+        self._dns[network["Id"]] = listener
+
+    def _lookup(self, client: str, name: str) -> list[str] | None:
+        """Addresses for ``name`` among running containers on the asker's user networks."""
+        asking = [
+            e
+            for n in self._bridges()
+            if n["Name"] != "bridge"
+            for e in self.db.endpoints(network_id=n["Id"])
+            if e["IPAddress"] == client
+        ]
+        network_ids = {e["NetworkID"] for e in asking}
+        if not network_ids:
+            network_ids = {nid for nid, listener in self._dns.items() if listener.address == client}
+        found: list[str] = []
+        for network_id in network_ids:
+            for endpoint in self.db.endpoints(network_id=network_id):
+                record = self.containers.db.get(endpoint["ContainerID"])
+                if record is None or record["State"]["Status"] != "running":
+                    continue
+                names = {record["Name"].lower(), endpoint["ContainerID"][:12]}
+                names.update(a.lower() for a in endpoint.get("Aliases") or [])
+                service = (record["Spec"].get("labels") or {}).get("com.docker.compose.service")
+                if service:
+                    names.add(service.lower())
+                if name in names and endpoint["IPAddress"] not in found:
+                    found.append(endpoint["IPAddress"])
+        return found or None
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        network = self.get(ref)
+        view = {k: v for k, v in network.items() if not k.startswith("_")}
+        containers: dict[str, Any] = {}
+        for endpoint in self.db.endpoints(network_id=network["Id"]):
+            record = self.containers.db.get(endpoint["ContainerID"])
+            if record is None or record["State"]["Status"] != "running":
+                continue
+            containers[endpoint["ContainerID"]] = {
+                "Name": record["Name"],
+                "EndpointID": endpoint["EndpointID"],
+                "MacAddress": endpoint["MacAddress"],
+                "IPv4Address": f"{endpoint['IPAddress']}/{endpoint['IPPrefixLen']}",
+                "IPv6Address": "",
+            }
+        if network["Driver"] in ("host", "null"):
+            for record in self.containers.db.all():
+                mode = record["Spec"].get("network_mode")
+                if mode == network["Name"] and record["State"]["Status"] == "running":
+                    containers[record["Id"]] = {
+                        "Name": record["Name"], "EndpointID": "", "MacAddress": "",
+                        "IPv4Address": "", "IPv6Address": "",
+                    }  # fmt: skip
+        view["Containers"] = containers
+        return view
+
+    def list_networks(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        def values(key: str) -> list[str]:
+            value = filters.get(key)
+            if isinstance(value, dict):
+                return [k for k, v in value.items() if v]
+            if isinstance(value, list):
+                return [str(v) for v in value]
+            return []
+
+        result = []
+        for network in self.db.networks():
+            if (names := values("name")) and not any(n in network["Name"] for n in names):
+                continue
+            if (ids := values("id")) and not any(network["Id"].startswith(i) for i in ids):
+                continue
+            if (drivers := values("driver")) and network["Driver"] not in drivers:
+                continue
+            builtin = network["Name"] in PREDEFINED
+            if (types := values("type")) and ("builtin" if builtin else "custom") not in types:
+                continue
+            labels_ok = True
+            for label in values("label"):
+                key, eq, value = label.partition("=")
+                if key not in network["Labels"] or (eq and network["Labels"][key] != value):
+                    labels_ok = False
+            if not labels_ok:
+                continue
+            if values("dangling"):
+                dangling = values("dangling")[0] in ("true", "1")
+                unused = not builtin and not self.db.endpoints(network_id=network["Id"])
+                if dangling != unused:
+                    continue
+            result.append(self.inspect(network["Id"]))
+        return result
+
+    async def remove(self, ref: str) -> None:
+        network = self.get(ref)
+        if network["Name"] in PREDEFINED:
+            raise Conflict(f"{network['Name']} is a pre-defined network and cannot be removed")
+        async with self._lock:
+            endpoints = self.db.endpoints(network_id=network["Id"])
+            active = [e for e in endpoints if self._running(e["ContainerID"])]
+            if active:
+                raise Conflict(
+                    f"error while removing network: network {network['Name']} id"
+                    f" {network['Id']} has active endpoints"
+                )
+            for endpoint in endpoints:  # stopped containers lose the network (Docker's rule)
+                self.db.delete_endpoint(endpoint["ContainerID"], network["Id"])
+            listener = self._dns.pop(network["Id"], None)
+            if listener is not None:
+                await listener.stop()
+            self.db.delete_network(network["Id"])
+            await asyncio.to_thread(links.delete_link, network["_Bridge"])
+            self._apply()
+        self.containers.events.publish(
+            "network", "destroy", network["Id"], {"name": network["Name"], "type": "bridge"}
+        )
+
+    async def prune(self, filters: dict[str, Any]) -> list[str]:
+        deleted = []
+        until = filters.get("until")
+        for network in self.db.networks():
+            if network["Name"] in PREDEFINED or self.db.endpoints(network_id=network["Id"]):
+                continue
+            if until:
+                continue  # time filters: kept conservative (nothing pruned)
+            labels_ok = True
+            for label in _values(filters, "label"):
+                key, eq, value = label.partition("=")
+                if key not in network["Labels"] or (eq and network["Labels"][key] != value):
+                    labels_ok = False
+            if not labels_ok:
+                continue
+            with contextlib.suppress(NotFound, Conflict):
+                await self.remove(network["Id"])
+                deleted.append(network["Name"])
+        return deleted
+
+    async def connect(self, ref: str, container_ref: str, config: dict[str, Any]) -> None:
+        network = self.get(ref)
+        container = self.containers.get(container_ref)
+        record = self.db.container(container.id)
+        mode = (record or {}).get("Mode") or container.spec.network_mode
+        if network["Driver"] != "bridge":
+            raise Conflict(f"container cannot be connected to the {network['Name']} network")
+        if mode in ("host", "none") or mode.startswith("container:"):
+            raise Conflict(
+                f"container sharing network namespace with another container or host cannot be"
+                f" connected to any other network (network mode {mode})"
+            )
+        async with self._lock:
+            if any(
+                e["NetworkID"] == network["Id"]
+                for e in self.db.endpoints(container_id=container.id)
+            ):
+                raise Conflict(
+                    f"endpoint with name {container.name} already exists in network"
+                    f" {network['Name']}"
+                )
+            order = 1 + max(
+                (e["Order"] for e in self.db.endpoints(container_id=container.id)), default=-1
+            )
+            endpoint = self._new_endpoint(container.id, container.name, network, config, order)
+            runtime = (record or {}).get("Runtime") or {}
+            if container.status == "running" and runtime.get("Netns"):
+                try:
+                    ifname = await asyncio.to_thread(links.free_ifname, runtime["Netns"])
+                    await asyncio.to_thread(
+                        links.attach,
+                        runtime["Netns"],
+                        host_name=endpoint["Veth"],
+                        ifname=ifname,
+                        bridge=network["_Bridge"],
+                        address=endpoint["IPAddress"],
+                        prefixlen=endpoint["IPPrefixLen"],
+                        mac=endpoint["MacAddress"],
+                        gateway=endpoint["Gateway"],
+                    )
+                except BaseException:
+                    self.db.delete_endpoint(container.id, network["Id"])
+                    raise
+        self.containers.events.publish(
+            "network",
+            "connect",
+            network["Id"],
+            {"container": container.id, "name": network["Name"], "type": "bridge"},
+        )
+
+    async def disconnect(self, ref: str, container_ref: str, force: bool = False) -> None:
+        network = self.get(ref)
+        try:
+            container = self.containers.get(container_ref)
+        except NotFound:
+            if force:
+                return
+            raise
+        async with self._lock:
+            if not any(
+                e["NetworkID"] == network["Id"]
+                for e in self.db.endpoints(container_id=container.id)
+            ):
+                raise Conflict(
+                    f"container {container.id} is not connected to network {network['Name']}"
+                )
+            endpoint = next(
+                e
+                for e in self.db.endpoints(container_id=container.id)
+                if e["NetworkID"] == network["Id"]
+            )
+            await asyncio.to_thread(links.delete_link, endpoint["Veth"])
+            self.db.delete_endpoint(container.id, network["Id"])
+            record = self.db.container(container.id) or {}
+            if record.get("Mode") == network["Name"] or record.get("Mode") == network["Id"]:
+                rest = self.db.endpoints(container_id=container.id)
+                if rest:  # the container's mode names the network it had first
+                    first = self.db.network(rest[0]["NetworkID"]) or {}
+                    record["Mode"] = first.get("Name", record["Mode"])
+                    self.db.set_container(container.id, record)
+            self._apply()
+        self.containers.events.publish(
+            "network",
+            "disconnect",
+            network["Id"],
+            {"container": container.id, "name": network["Name"], "type": "bridge"},
+        )
+
+
+def _values(filters: dict[str, Any], key: str) -> list[str]:
+    value = filters.get(key)
+    if isinstance(value, dict):
+        return [k for k, v in value.items() if v]
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return []
+
+
+def _endpoint_view(
+    live: dict[str, Any] | None, network_id: str, stored: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One entry of ``NetworkSettings.Networks`` (addresses only while running)."""
+    stored = stored or {}
+    live = live or {}
+    return {
+        "IPAMConfig": stored.get("IPAMConfig"),
+        "Links": stored.get("Links"),
+        "Aliases": stored.get("Aliases"),
+        "MacAddress": live.get("MacAddress", ""),
+        "DriverOpts": stored.get("DriverOpts"),
+        "NetworkID": network_id,
+        "EndpointID": live.get("EndpointID", ""),
+        "Gateway": live.get("Gateway", ""),
+        "IPAddress": live.get("IPAddress", ""),
+        "IPPrefixLen": live.get("IPPrefixLen", 0),
+        "IPv6Gateway": "",
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "DNSNames": (stored.get("Aliases") or None) if live else None,
+    }
+
+
+def _host_resolv() -> list[str]:
+    try:
+        with open("/etc/resolv.conf") as f:
+            return [line.strip() for line in f]
+    except OSError:
+        return []
+
+
+def _resolv_servers(lines: list[str]) -> list[str]:
+    return [
+        line.split()[1] for line in lines if line.startswith("nameserver") and len(line.split()) > 1
+    ]
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}{time.monotonic_ns()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, path)
