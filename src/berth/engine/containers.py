@@ -27,6 +27,8 @@ from berth.engine import faults, jsonlog, restarts, specgen
 from berth.engine.container_ops import ContainerOps
 from berth.engine.events import EventBus
 from berth.engine.execs import ExecService
+from berth.engine.health import HealthChecker
+from berth.engine.health import validate as validate_healthcheck
 from berth.engine.monitor_client import MonitorClient
 from berth.engine.network.service import NetworkService
 from berth.engine.reconcile import reconcile
@@ -115,6 +117,7 @@ class ContainerService:
         self.volumes = VolumeService(root, self.db, self.events)
         self.networks = NetworkService(self)
         self.execs = ExecService(self)
+        self.health = HealthChecker(self)
         self.restarts = RestartManager(self)
         self.ops = ContainerOps(self)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -161,11 +164,13 @@ class ContainerService:
                 await self._apply_exit_file(container.id)
             elif container.id not in known:
                 await self._on_exit(container.id, 255, _now(), "the monitor lost the container")
+        await self.health.startup()
         await self.restarts.startup()
 
     async def shutdown(self) -> None:
         """Stop following events and unmount every rootfs; containers keep running."""
         await self.restarts.shutdown()
+        await self.health.shutdown()
         if self._events_task is not None:
             self._events_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -236,6 +241,7 @@ class ContainerService:
             )
             self.db.update(container_id, container.data)
             self._resolve(container_id, ("not-running", "next-exit"), code)
+            self.health.stop(container_id)
             auto_remove = container.spec.auto_remove
             await self.networks.teardown(container_id)
         if self.restarts.after_exit(container_id):
@@ -279,6 +285,7 @@ class ContainerService:
                 )
             name = name.removeprefix("/")
         restarts.validate(body.get("HostConfig") or {})
+        validate_healthcheck(body)
         image_ref = str(body.get("Image") or "")
         if not image_ref:
             raise InvalidArgument("no image given: the container config needs Image")
@@ -462,6 +469,7 @@ class ContainerService:
                 FinishedAt=ZERO_TIME,
             )
             self.db.update(container.id, container.data)
+            self.health.start(container.id)
 
     def _future(self, container_id: str, condition: str) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -591,6 +599,7 @@ class ContainerService:
         )
         self._waiters.pop(container.id, None)
         self.execs.forget(container.id)
+        self.health.forget(container.id)
 
     # ---- attach and logs -------------------------------------------------------------------
 
@@ -762,6 +771,8 @@ class ContainerService:
         args = spec.args
         state = dict(container.state)
         state["Status"] = _display_status(container)
+        if (health := self.health.inspect(container.id)) is not None:
+            state["Health"] = health
         return {
             "Id": container.id,
             "Created": data["Created"],
@@ -825,12 +836,16 @@ class ContainerService:
                 continue
             if not _matches(container, filters):
                 continue
+            if not self.health.matches(container.id, filters):
+                continue
             spec = container.spec
             state = container.state
             if status == RUNNING:
                 text = "Up " + human_duration(now - _epoch(state["StartedAt"]))
                 if state.get("Paused"):
                     text += " (Paused)"
+                else:
+                    text += self.health.ps_suffix(container.id)
             elif state.get("Restarting"):
                 ago = human_duration(now - _epoch(state["FinishedAt"]))
                 text = f"Restarting ({state['ExitCode']}) {ago} ago"

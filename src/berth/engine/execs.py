@@ -258,11 +258,21 @@ class ExecService:
             raise Conflict(f"container {container.id} is not running")
         if container.state.get("Paused"):
             raise Conflict(f"container {container.id} is paused, unpause the container before exec")
+        try:
+            process = self._process(record)
+        except InvalidArgument as exc:  # no such user: Docker reports it in the stream
+            failed = ExecFailed(str(exc))
+            record.started = True
+            record.exit_code = failed.exit_code
+            record.done.set()
+            self._publish(record, "exec_start: " + " ".join(record.cmd))
+            self._publish(record, "exec_die", {"exitCode": str(failed.exit_code)})
+            raise failed from None
         request = {
             "op": "exec",
             "id": record.container_id,
             "exec_id": record.id,
-            "process": self._process(record),
+            "process": process,
             "detach": detach,
             "stdin": record.attach_stdin,
             "stdout": record.attach_stdout,
