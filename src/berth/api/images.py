@@ -50,10 +50,17 @@ async def _stream(
 ) -> web.StreamResponse:
     """Send ``lines`` as they come (chunked), after the common headers."""
     response = with_headers(web.StreamResponse(headers={"Content-Type": content_type}))
-    await response.prepare(request)
-    async for line in lines:
-        await response.write(line)
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        async for line in lines:
+            await response.write(line)
+        await response.write_eof()
+    except ConnectionResetError:  # the client went away: nobody to tell
+        pass
+    finally:
+        closer = getattr(lines, "aclose", None)
+        if closer is not None:
+            await closer()
     return response
 
 

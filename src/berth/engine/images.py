@@ -88,7 +88,7 @@ class ImageService:
         config = image.config.data.get("config") or {}
         return {
             "Id": image.id,
-            "ParentId": "",
+            "ParentId": str(image.config.data.get("parent") or ""),
             "RepoTags": _tags(image),
             "RepoDigests": _digests(image),
             "Created": _created_epoch(image),
@@ -123,9 +123,11 @@ class ImageService:
             "Id": image.id,
             "RepoTags": _tags(image),
             "RepoDigests": _digests(image),
-            "Parent": "",
+            "Parent": str(data.get("parent") or ""),
             "Comment": data.get("comment", ""),
             "Created": data.get("created") or "",
+            "Container": str(data.get("container") or ""),
+            "ContainerConfig": data.get("container_config") or {},
             "DockerVersion": data.get("docker_version", ""),
             "Author": data.get("author", ""),
             "Config": data.get("config") or {},
@@ -422,9 +424,18 @@ class ImageService:
                     "Tags": None,
                 },
             )
-        if entries:
-            entries[0]["Id"] = image.id
-            entries[0]["Tags"] = _tags(image) or None
+        # the IDs and tags down the parent chain (images made here by commit or build)
+        current: Image | None = image
+        for entry in entries:
+            if current is None:
+                break
+            entry["Id"] = current.id
+            entry["Tags"] = _tags(current) or None
+            parent = str(current.config.data.get("parent") or "")
+            try:
+                current = self.store.get(parent) if parent else None
+            except BerthError:
+                current = None
         return entries
 
     def _layer_size(self, chain_id: str, fallback: int) -> int:
