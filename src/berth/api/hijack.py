@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
+from berth.client.streams import DetachMatcher
 from berth.engine.execs import parse_detach_keys
 
 RAW_STREAM = "application/vnd.docker.raw-stream"
@@ -27,35 +28,6 @@ MULTIPLEXED_STREAM = "application/vnd.docker.multiplexed-stream"
 STDIN, STDOUT, STDERR = 0, 1, 2
 # Monitor streams left open after a detach (drained until the process ends).
 _DRAINING: set[asyncio.Task[None]] = set()
-
-
-class DetachMatcher:
-    """Finds the detach sequence in a byte stream cut anywhere; bytes that begin the
-    sequence are held back until it is clear they do not complete it."""
-
-    def __init__(self, keys: bytes) -> None:
-        self.keys = keys
-        self.pos = 0
-
-    def feed(self, data: bytes) -> tuple[bytes, bool]:
-        """(bytes to forward, whether the sequence completed)."""
-        out = bytearray()
-        keys = self.keys
-        for byte in data:
-            if byte == keys[self.pos]:
-                self.pos += 1
-                if self.pos == len(keys):
-                    self.pos = 0
-                    return bytes(out), True
-                continue
-            if self.pos:
-                out += keys[: self.pos]
-                self.pos = 0
-                if byte == keys[0]:
-                    self.pos = 1
-                    continue
-            out.append(byte)
-        return bytes(out), False
 
 
 def frame(stream: int, data: bytes) -> bytes:

@@ -153,6 +153,15 @@ def _container_options(p: argparse.ArgumentParser, *, run: bool) -> None:
     p.add_argument("--restart", metavar="POLICY", help="no, always, unless-stopped, on-failure[:N]")
     p.add_argument("--stop-signal", metavar="SIGNAL")
     p.add_argument("--stop-timeout", type=int, metavar="SECONDS")
+    p.add_argument("--health-cmd", metavar="CMD", help="command run to check health")
+    p.add_argument("--health-interval", metavar="DURATION", help="time between checks (30s)")
+    p.add_argument("--health-timeout", metavar="DURATION", help="longest a check may run")
+    p.add_argument("--health-start-period", metavar="DURATION", help="grace period at start")
+    p.add_argument("--health-start-interval", metavar="DURATION", help="checks in the grace")
+    p.add_argument("--health-retries", type=int, metavar="N", help="failures for unhealthy")
+    p.add_argument("--no-healthcheck", action="store_true", help="disable the image's check")
+    if run:
+        p.add_argument("--detach-keys", metavar="KEYS", help="detach sequence (ctrl-p,ctrl-q)")
     p.add_argument("--pull", choices=("missing", "never", "always"), default="missing")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")
@@ -174,6 +183,7 @@ def _exec(p: argparse.ArgumentParser) -> None:
     p.add_argument("-w", "--workdir", metavar="DIR")
     p.add_argument("-u", "--user", metavar="USER[:GROUP]")
     p.add_argument("--privileged", action="store_true")
+    p.add_argument("--detach-keys", metavar="KEYS", help="detach sequence (ctrl-p,ctrl-q)")
     p.add_argument("container", metavar="CONTAINER")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD")
 
@@ -234,6 +244,7 @@ def _inspect(p: argparse.ArgumentParser) -> None:
 
 def _attach(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-stdin", action="store_true")
+    p.add_argument("--detach-keys", metavar="KEYS", help="detach sequence (ctrl-p,ctrl-q)")
     p.add_argument("container", metavar="CONTAINER")
 
 

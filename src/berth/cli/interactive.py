@@ -137,7 +137,47 @@ def container_config(args: Namespace, *, detach: bool) -> dict[str, Any]:
         host["RestartPolicy"] = _restart_policy(args.restart)
     if host:
         config["HostConfig"] = host
+    healthcheck = _healthcheck(args)
+    if healthcheck is not None:
+        config["Healthcheck"] = healthcheck
     return config
+
+
+def _duration_ns(text: str | None, flag: str) -> int:
+    """Go-style durations (``1m30s``, ``500ms``, ``2s``) in nanoseconds; 0 when unset."""
+    if not text:
+        return 0
+    units = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        raise UsageError(f"invalid {flag} {text!r}: give a duration such as 30s, 500ms, 1m30s")
+    return int(sum(float(n) * units[u] for n, u in parts))
+
+
+def _healthcheck(args: Namespace) -> dict[str, Any] | None:
+    """The Healthcheck of ``--health-*`` and ``--no-healthcheck`` (None: the image's)."""
+    if getattr(args, "no_healthcheck", False):
+        if args.health_cmd:
+            raise UsageError("--no-healthcheck conflicts with --health-* options")
+        return {"Test": ["NONE"]}
+    check: dict[str, Any] = {}
+    if getattr(args, "health_cmd", None):
+        check["Test"] = ["CMD-SHELL", args.health_cmd]
+    for key, flag in (
+        ("Interval", "health_interval"),
+        ("Timeout", "health_timeout"),
+        ("StartPeriod", "health_start_period"),
+        ("StartInterval", "health_start_interval"),
+    ):
+        value = _duration_ns(getattr(args, flag, None), "--" + flag.replace("_", "-"))
+        if value:
+            check[key] = value
+    retries = getattr(args, "health_retries", None)
+    if retries is not None:
+        if retries < 0:
+            raise UsageError("--health-retries cannot be negative")
+        check["Retries"] = retries
+    return check or None
 
 
 def _create(client: Client, args: Namespace, config: dict[str, Any]) -> str:
@@ -197,9 +237,12 @@ class Session:
         stdin: bool,
         resize: Callable[[int, int], None] | None = None,
         proxy_to: str | None = None,
+        detach_keys: bytes | None = None,
     ) -> None:
         self.client = client
         self.stream = stream
+        self.detach_keys = detach_keys
+        self.detached = False  # the detach sequence was sent: the daemon let go
         self.tty = tty
         self.stdin = stdin
         self.resize = resize
@@ -234,9 +277,15 @@ class Session:
             pass
 
     def _pump_stdin(self) -> None:
+        from berth.client.streams import DetachMatcher
+
+        matcher = DetachMatcher(self.detach_keys) if self.detach_keys else None
         try:
             while data := os.read(0, 65536):
                 self.stream.send(data)
+                if matcher is not None and matcher.feed(data)[1]:
+                    self.detached = True
+                    return  # the daemon closes the stream; stdin stays open inside
         except OSError:
             pass
         finally:
@@ -285,12 +334,28 @@ class Session:
 
 
 def attach_and_start(
-    client: Client, container_id: str, *, tty: bool, stdin: bool, auto_remove: bool
+    client: Client,
+    container_id: str,
+    *,
+    tty: bool,
+    stdin: bool,
+    auto_remove: bool,
+    detach_keys: str | None = None,
 ) -> int:
-    """Wait registered, attached, started, streamed: the container's exit code."""
+    """Wait registered, attached, started, streamed: the container's exit code (0 when
+    the user detached with the detach sequence)."""
+    from berth.client.streams import parse_detach_keys
+
+    try:
+        keys = parse_detach_keys(detach_keys)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     waiter = client.wait_later(container_id, "removed" if auto_remove else "next-exit")
     try:
-        stream = client.attach(container_id, stdin=stdin, stdout=True, stderr=True)
+        params: dict[str, Any] = {"stream": True, "stdin": stdin, "stdout": True, "stderr": True}
+        if detach_keys:
+            params["detachKeys"] = detach_keys
+        stream = client.hijack(f"/containers/{container_id}/attach", params=params)
     except BaseException:
         waiter.close()
         raise
@@ -313,12 +378,16 @@ def attach_and_start(
         stdin=stdin,
         resize=lambda h, w: client.resize(container_id, h, w),
         proxy_to=container_id,
+        detach_keys=keys if stdin and tty else None,
     )
     try:
         session.run()
     except BaseException:
         waiter.close()
         raise
+    if session.detached:
+        waiter.close()
+        return 0
     return waiter.result()
 
 
@@ -346,7 +415,12 @@ def run(client: Client, args: Namespace) -> int:
         print(container_id)
         return 0
     return attach_and_start(
-        client, container_id, tty=args.tty, stdin=args.interactive, auto_remove=args.rm
+        client,
+        container_id,
+        tty=args.tty,
+        stdin=args.interactive,
+        auto_remove=args.rm,
+        detach_keys=args.detach_keys,
     )
 
 
@@ -384,16 +458,33 @@ def attach(client: Client, args: Namespace) -> int:
     config = info.get("Config") or {}
     stdin = bool(config.get("OpenStdin")) and not args.no_stdin
     tty = bool(config.get("Tty"))
-    stream = client.attach(info["Id"], stdin=stdin)
-    Session(
+    keys = _detach_keys(args)
+    params = {"stream": True, "stdin": stdin, "stdout": True, "stderr": True}
+    if args.detach_keys:
+        params["detachKeys"] = args.detach_keys
+    stream = client.hijack(f"/containers/{info['Id']}/attach", params=params)
+    session = Session(
         client,
         stream,
         tty=tty,
         stdin=stdin,
         resize=lambda h, w: client.resize(info["Id"], h, w),
         proxy_to=info["Id"],
-    ).run()
+        detach_keys=keys if stdin else None,
+    )
+    session.run()
+    if session.detached:
+        return 0
     return client.wait(info["Id"])
+
+
+def _detach_keys(args: Namespace) -> bytes:
+    from berth.client.streams import parse_detach_keys
+
+    try:
+        return parse_detach_keys(getattr(args, "detach_keys", None))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def exec_(client: Client, args: Namespace) -> int:
@@ -402,7 +493,43 @@ def exec_(client: Client, args: Namespace) -> int:
     if not args.detach:
         _check_terminal(args)
     attach = not args.detach
-    exec_id = client.exec_create(
+    keys = _detach_keys(args)
+    if args.detach_keys and attach:  # the daemon must know them: no client option for it
+        body: dict[str, Any] = {
+            "AttachStdin": args.interactive,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "Tty": args.tty,
+            "Cmd": args.command,
+            "Privileged": args.privileged,
+            "Env": args.env or None,
+            "WorkingDir": args.workdir,
+            "User": args.user,
+            "DetachKeys": args.detach_keys,
+        }
+        created = client.post(f"/containers/{args.container}/exec", body)
+        exec_id = str(created["Id"])
+    else:
+        exec_id = _exec_create(client, args, attach)
+    stream = client.exec_start(exec_id, tty=args.tty, detach=args.detach)
+    if stream is None:
+        return 0
+    session = Session(
+        client,
+        stream,
+        tty=args.tty,
+        stdin=args.interactive,
+        resize=lambda h, w: client.exec_resize(exec_id, h, w),
+        detach_keys=keys if args.interactive else None,
+    )
+    session.run()
+    if session.detached:
+        return 0
+    return client.exec_exit_code(exec_id)
+
+
+def _exec_create(client: Client, args: Namespace, attach: bool) -> str:
+    return client.exec_create(
         args.container,
         args.command,
         stdin=args.interactive and attach,
@@ -414,17 +541,6 @@ def exec_(client: Client, args: Namespace) -> int:
         user=args.user,
         privileged=args.privileged,
     )
-    stream = client.exec_start(exec_id, tty=args.tty, detach=args.detach)
-    if stream is None:
-        return 0
-    Session(
-        client,
-        stream,
-        tty=args.tty,
-        stdin=args.interactive,
-        resize=lambda h, w: client.exec_resize(exec_id, h, w),
-    ).run()
-    return client.exec_exit_code(exec_id)
 
 
 def _when(text: str | None, flag: str) -> float | None:

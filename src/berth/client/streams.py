@@ -20,10 +20,60 @@ if TYPE_CHECKING:  # typing costs milliseconds at start-up; annotations stay str
     from typing import Any
 
 STDIN, STDOUT, STDERR = 0, 1, 2
+DEFAULT_DETACH_KEYS = b"\x10\x11"  # ctrl-p, ctrl-q
+# ctrl-@ is 0, ctrl-a 1 ... ctrl-z 26, then ctrl-[ ctrl-\\ ctrl-] ctrl-^ ctrl-_ (27..31)
+_CTRL = "@abcdefghijklmnopqrstuvwxyz[\\]^_"
 RAW_STREAM = "application/vnd.docker.raw-stream"
 MULTIPLEXED_STREAM = "application/vnd.docker.multiplexed-stream"
 _HEADER = 8
 _CHUNK = 65536
+
+
+def parse_detach_keys(text: str | None) -> bytes:
+    """Docker's detach key syntax: comma-separated single characters or ``ctrl-X``;
+    empty means ctrl-p,ctrl-q. ValueError for anything else."""
+    if not text:
+        return DEFAULT_DETACH_KEYS
+    codes = bytearray()
+    for key in text.split(","):
+        if len(key) == 1:
+            codes += key.encode("latin-1", errors="replace")[:1]
+            continue
+        lowered = key.lower()
+        if lowered.startswith("ctrl-") and len(lowered) == 6 and lowered[5] in _CTRL:
+            codes.append(_CTRL.index(lowered[5]))
+            continue
+        raise ValueError(f"Invalid detach keys ({text}) provided: unknown key {key!r}")
+    return bytes(codes)
+
+
+class DetachMatcher:
+    """Finds the detach sequence in a byte stream cut anywhere; bytes that begin the
+    sequence are held back until it is clear they do not complete it."""
+
+    def __init__(self, keys: bytes) -> None:
+        self.keys = keys
+        self.pos = 0
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        """(bytes to pass on, whether the sequence completed)."""
+        out = bytearray()
+        keys = self.keys
+        for byte in data:
+            if byte == keys[self.pos]:
+                self.pos += 1
+                if self.pos == len(keys):
+                    self.pos = 0
+                    return bytes(out), True
+                continue
+            if self.pos:
+                out += keys[: self.pos]
+                self.pos = 0
+                if byte == keys[0]:
+                    self.pos = 1
+                    continue
+            out.append(byte)
+        return bytes(out), False
 
 
 class FrameDecoder:

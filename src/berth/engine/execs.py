@@ -19,6 +19,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from berth.client import streams
 from berth.engine import specgen
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound
 
@@ -39,27 +40,12 @@ class ExecFailed(BerthError):
         self.exit_code = 127 if "not found" in lowered or "no such file" in lowered else 126
 
 
-DEFAULT_DETACH_KEYS = b"\x10\x11"  # ctrl-p, ctrl-q
-# ctrl-@ is 0, ctrl-a 1 ... ctrl-z 26, then ctrl-[ ctrl-\\ ctrl-] ctrl-^ ctrl-_ (27..31)
-_CTRL = "@abcdefghijklmnopqrstuvwxyz[\\]^_"
-
-
 def parse_detach_keys(text: str | None) -> bytes:
-    """Docker's detach key syntax: comma-separated single characters or ``ctrl-X``;
-    empty means the default ctrl-p,ctrl-q."""
-    if not text:
-        return DEFAULT_DETACH_KEYS
-    codes = bytearray()
-    for key in text.split(","):
-        if len(key) == 1:
-            codes += key.encode("latin-1", errors="replace")[:1]
-            continue
-        lowered = key.lower()
-        if lowered.startswith("ctrl-") and len(lowered) == 6 and lowered[5] in _CTRL:
-            codes.append(_CTRL.index(lowered[5]))
-            continue
-        raise InvalidArgument(f"Invalid detach keys ({text}) provided: unknown key {key!r}")
-    return bytes(codes)
+    """Docker's detach key syntax (``ctrl-p,ctrl-q``), a bad one refused with 400."""
+    try:
+        return streams.parse_detach_keys(text)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 @dataclass
