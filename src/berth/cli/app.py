@@ -46,6 +46,10 @@ CONTAINER_GROUP = {
             "attach",
             "pause",
             "unpause",
+            "cp",
+            "diff",
+            "export",
+            "commit",
         ]
     },
 }
@@ -58,6 +62,12 @@ IMAGE_GROUP = {
     "tag": "tag",
     "inspect": "inspect",
     "bootstrap": "bootstrap",
+    "push": "push",
+    "save": "save",
+    "load": "load",
+    "import": "import",
+    "history": "history",
+    "prune": "image-prune",
 }
 
 SYSTEM_GROUP = {
@@ -304,6 +314,89 @@ def _volume_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE")
 
 
+def _cp(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--archive", action="store_true", help="keep the container user's ids")
+    p.add_argument("-L", "--follow-link", action="store_true", help="follow a symlink source")
+    p.add_argument("source", metavar="SRC", help="CONTAINER:PATH, a local path, or - (tar)")
+    p.add_argument("dest", metavar="DEST", help="CONTAINER:PATH, a local path, or - (tar)")
+
+
+def _one_container(p: argparse.ArgumentParser) -> None:
+    p.add_argument("container", metavar="CONTAINER")
+
+
+def _export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE, not stdout")
+    p.add_argument("container", metavar="CONTAINER")
+
+
+def _commit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--author", metavar="AUTHOR")
+    p.add_argument("-m", "--message", metavar="MESSAGE")
+    p.add_argument("-c", "--change", action="append", default=[], metavar="INSTRUCTION")
+    p.add_argument("-p", dest="pause", action="store_const", const="true", default="true")
+    p.add_argument("--pause", dest="pause", metavar="true|false", help="pause while committing")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("repository", nargs="?", metavar="REPOSITORY[:TAG]")
+
+
+def _push(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all-tags", action="store_true", help="push every tag of the name")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress")
+    p.add_argument("name", metavar="NAME[:TAG]")
+
+
+def _save(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE, not stdout")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+
+
+def _load(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--input", metavar="FILE", help="read a tar from FILE, not stdin")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress")
+
+
+def _import(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--change", action="append", default=[], metavar="INSTRUCTION")
+    p.add_argument("-m", "--message", metavar="MESSAGE", help="the commit message")
+    p.add_argument("--platform", metavar="OS/ARCH")
+    p.add_argument("file", metavar="FILE|-")
+    p.add_argument("repository", nargs="?", metavar="REPOSITORY[:TAG]")
+
+
+def _bool_flag(value: str) -> bool:
+    if value.lower() in ("1", "true", "t", "yes"):
+        return True
+    if value.lower() in ("0", "false", "f", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {value!r}")
+
+
+def _history(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", metavar="json|table|TEMPLATE")
+    p.add_argument("-H", "--human", type=_bool_flag, nargs="?", const=True, default=True)
+    p.add_argument("--no-trunc", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="only ids")
+    p.add_argument("image", metavar="IMAGE")
+
+
+def _login(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-u", "--username")
+    p.add_argument("-p", "--password")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument("server", nargs="?", metavar="SERVER")
+
+
+def _logout(p: argparse.ArgumentParser) -> None:
+    p.add_argument("server", nargs="?", metavar="SERVER")
+
+
+def _image_prune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true", help="all unused images, not only dangling")
+    p.add_argument("-f", "--force", action="store_true", help="do not ask")
+    p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE")
+
+
 def _format_only(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--format", metavar="json|TEMPLATE")
 
@@ -329,6 +422,18 @@ VERBS: dict[str, tuple[str, str, Builder, str]] = {
     "tag": ("commands", "tag", _tag, "name an image"),
     "pull": ("commands", "pull", _pull, "pull an image from a registry"),
     "bootstrap": ("commands", "bootstrap", _bootstrap, "make a base image locally"),
+    "push": ("image_cmds", "push", _push, "push an image to a registry"),
+    "save": ("image_cmds", "save", _save, "images as a tar (docker save)"),
+    "load": ("image_cmds", "load", _load, "images from a tar (docker load)"),
+    "import": ("image_cmds", "import_", _import, "an image from a root filesystem tar"),
+    "history": ("image_cmds", "history", _history, "an image's layers and history"),
+    "login": ("image_cmds", "login", _login, "log in to a registry"),
+    "logout": ("image_cmds", "logout", _logout, "log out of a registry"),
+    "image-prune": ("image_cmds", "image_prune", _image_prune, "remove unused images"),
+    "cp": ("archive_cmds", "cp", _cp, "copy files between a container and here"),
+    "diff": ("archive_cmds", "diff", _one_container, "changes to a container's files"),
+    "export": ("archive_cmds", "export", _export, "a container's filesystem as a tar"),
+    "commit": ("archive_cmds", "commit", _commit, "a new image from a container's changes"),
     "version": ("commands", "version", _format_only, "client and daemon versions"),
     "info": ("commands", "info", _format_only, "system-wide information"),
     "events": ("system_cmds", "events", _events, "stream the daemon's events"),
@@ -351,7 +456,8 @@ def usage() -> str:
         if verb != "bootstrap" and "-" not in verb:
             lines.append(f"  {verb:<10}{text}")
     lines += [
-        "  image     images: ls, rm, pull, tag, inspect, bootstrap NAME (busybox)",
+        "  image     images: ls, rm, pull, push, tag, inspect, save, load, import, history, prune,",
+        "            bootstrap NAME (busybox)",
         "  container containers: ls, run, create, start, stop, rm, logs, exec, ...",
         "  system    df, prune, info, events, service (berthd in the foreground)",
         "  volume    prune",

@@ -431,6 +431,96 @@ class Client:
         result: dict[str, Any] = self.post("/berth/images/bootstrap", params={"name": name})
         return result
 
+    def _json_stream(
+        self, method: str, path: str, params: Params, body: Any = None, headers: Any = None
+    ) -> Iterator[dict[str, Any]]:
+        """POST a raw body (bytes or a file, sent chunked) and yield the JSON messages of
+        the answer; an ``error`` message raises APIError (as the pull stream does)."""
+        url = self.url(path, params)
+        response: StreamResponse = self._exchange(method, url, body, headers or {}, stream=True)
+        with response:
+            if response.status >= 400:
+                raise api_error(response.status, _message(response.status, response.read_all()))
+            for message in iter_json(response.read_chunk):
+                if message.get("error"):
+                    raise APIError(500, str(message["error"]))
+                yield message
+
+    def push(
+        self, name: str, tag: str | None = None, *, auth: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Docker's JSON progress of a push; ``auth`` is the X-Registry-Auth value
+        (base64url JSON of {"username", "password", "serveraddress"})."""
+        headers = {"X-Registry-Auth": auth} if auth is not None else {}
+        yield from self._json_stream(
+            "POST", f"/images/{_quote(name)}/push", {"tag": tag or None}, None, headers
+        )
+
+    def save_images(self, names: list[str]) -> StreamResponse:
+        """``docker save``: a docker-archive tar of the images, as a stream."""
+        if len(names) == 1:
+            return self.stream("GET", f"/images/{_quote(names[0])}/get")
+        url = self.url("/images/get") + "?" + urlencode([("names", n) for n in names])
+        response: StreamResponse = self._exchange("GET", url, None, {}, stream=True)
+        if response.status >= 400:
+            with response:
+                raise api_error(response.status, _message(response.status, response.read_all()))
+        return response
+
+    def load_images(self, data: Any, *, quiet: bool = False) -> Iterator[dict[str, Any]]:
+        """``docker load`` of a tar (bytes or a binary file): the JSON messages."""
+        headers = {"Content-Type": "application/x-tar"}
+        yield from self._json_stream(
+            "POST", "/images/load", {"quiet": quiet or None}, data, headers
+        )
+
+    def import_image(
+        self,
+        data: Any,
+        repo: str | None = None,
+        tag: str | None = None,
+        *,
+        changes: list[str] | None = None,
+        message: str | None = None,
+        platform: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """``docker import`` of a root filesystem tar: the JSON messages (the last has
+        the new image's ID as its status)."""
+        params = {
+            "fromSrc": "-",
+            "repo": repo or None,
+            "tag": tag or None,
+            "message": message or None,
+            "platform": platform or None,
+        }
+        url = self.url("/images/create", params)
+        for change in changes or []:
+            url += "&" + urlencode({"changes": change})
+        response: StreamResponse = self._exchange(
+            "POST", url, data, {"Content-Type": "application/x-tar"}, stream=True
+        )
+        with response:
+            if response.status >= 400:
+                raise api_error(response.status, _message(response.status, response.read_all()))
+            for item in iter_json(response.read_chunk):
+                if item.get("error"):
+                    raise APIError(500, str(item["error"]))
+                yield item
+
+    def image_history(self, name: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.get(f"/images/{_quote(name)}/history")
+        return result
+
+    def prune_images(self, filters: dict[str, Any] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.post("/images/prune", params={"filters": filters})
+        return result
+
+    def login(self, username: str, password: str, server: str) -> dict[str, Any]:
+        """``POST /auth``: the daemon checks the credentials against the registry."""
+        body = {"username": username, "password": password, "serveraddress": server}
+        result: dict[str, Any] = self.post("/auth", body)
+        return result
+
     # ---- containers ---------------------------------------------------------------------
 
     def containers(
@@ -618,6 +708,40 @@ class Client:
                 code = data.get("ExitCode")
                 return int(code) if code is not None else 0
             time.sleep(0.01)
+
+    # ---- files (berth.client.archive) -----------------------------------------------------
+
+    def stat_path(self, ref: str, path: str) -> dict[str, Any]:
+        from berth.client import archive
+
+        return archive.stat_path(self, ref, path)
+
+    def get_archive(self, ref: str, path: str) -> tuple[StreamResponse, dict[str, Any]]:
+        from berth.client import archive
+
+        return archive.get_archive(self, ref, path)
+
+    def put_archive(self, ref: str, path: str, data: Any, **options: bool) -> None:
+        from berth.client import archive
+
+        archive.put_archive(self, ref, path, data, **options)
+
+    def diff(self, ref: str) -> list[dict[str, Any]]:
+        from berth.client import archive
+
+        return archive.diff(self, ref)
+
+    def export(self, ref: str) -> StreamResponse:
+        from berth.client import archive
+
+        return archive.export(self, ref)
+
+    def commit(
+        self, ref: str, repo: str | None = None, tag: str | None = None, **options: Any
+    ) -> str:
+        from berth.client import archive
+
+        return archive.commit(self, ref, repo, tag, **options)
 
     def _maybe_unsupported(self, what: str, ref: str, call: Any) -> Any:
         """``call()``; a 404 while the container exists means the route is missing."""

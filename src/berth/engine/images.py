@@ -176,15 +176,17 @@ class ImageService:
 
     # ---- registries ---------------------------------------------------------------------
 
-    def _client(self, domain: str, creds: Credentials | None) -> RegistryClient:
-        """A registry client with only the credentials the API client sent (as dockerd,
-        berthd never reads a config.json of its own)."""
+    def _client(self, domain: str, auth: str | None) -> RegistryClient:
+        """A registry client with the credentials the API client sent in
+        ``X-Registry-Auth`` and no others (as dockerd). Without the header at all (docker-py,
+        older berth CLIs) the daemon's own ``~/.docker/config.json`` is used."""
         from berth.distribution.client import RegistryClient
 
-        return RegistryClient(
-            insecure_registries=self.insecure_registries,
-            credentials={domain: creds} if creds is not None else {},
-        )
+        credentials = None
+        if auth is not None:
+            creds = registry_credentials(auth)
+            credentials = {domain: creds} if creds is not None else {}
+        return RegistryClient(insecure_registries=self.insecure_registries, credentials=credentials)
 
     def pull(
         self, from_image: str, tag: str, *, platform: str = "", auth: str | None = None
@@ -198,16 +200,16 @@ class ImageService:
         if reference.tag is None and reference.digest is None:
             reference = reference.with_tag("latest")
         wanted = parse_platform(platform) if platform else None
-        return self._pull_stream(reference, wanted, registry_credentials(auth))
+        return self._pull_stream(reference, wanted, auth)
 
     async def _pull_stream(
-        self, reference: Reference, platform: Platform | None, creds: Credentials | None
+        self, reference: Reference, platform: Platform | None, auth: str | None
     ) -> AsyncIterator[bytes]:
         from berth.distribution.images import pull_image
 
         async def work(progress: Progress, aux: Callable[[dict[str, Any]], None]) -> None:
             # the client itself ends the stream with Docker's "Digest:" and "Status:"
-            async with self._client(reference.domain, creds) as client:
+            async with self._client(reference.domain, auth) as client:
                 image = await pull_image(
                     client, self.store, reference, platform=platform, progress=progress
                 )
@@ -244,15 +246,15 @@ class ImageService:
                     f"an image does not exist locally with the tag: {reference.familiar}"
                 )
             targets.sort(key=str)
-        return self._push_stream(targets, registry_credentials(auth))
+        return self._push_stream(targets, auth)
 
     async def _push_stream(
-        self, targets: list[Reference], creds: Credentials | None
+        self, targets: list[Reference], auth: str | None
     ) -> AsyncIterator[bytes]:
         from berth.distribution.images import push_image
 
         async def work(progress: Progress, aux: Callable[[dict[str, Any]], None]) -> None:
-            async with self._client(targets[0].domain, creds) as client:
+            async with self._client(targets[0].domain, auth) as client:
                 for target in targets:
                     image = self.store.get(str(target))
                     digest = await push_image(
@@ -310,7 +312,7 @@ class ImageService:
         from berth.distribution.client import normalize_login_host
 
         domain = normalize_login_host(server)
-        async with self._client(domain, None) as client:
+        async with self._client(domain, "") as client:
             await client.check_login(domain, username, password)
         return {"Status": "Login Succeeded", "IdentityToken": ""}
 
