@@ -16,12 +16,20 @@ from berth.errors import SystemFailure
 from berth.linux import syscalls as sc
 
 
+def _mount_point(path: str) -> bool:
+    """A mount point by mountinfo: ``os.path.ismount`` misses a bind of a folder on
+    itself (same device as its parent)."""
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
 def prepare_dir(folder: str) -> None:
     """Make ``folder`` a private mount point (once)."""
+    folder = os.path.abspath(folder)
     os.makedirs(folder, mode=0o711, exist_ok=True)
-    if not os.path.ismount(folder):
+    if not _mount_point(folder):
         sc.mount(folder, folder, "", sc.MS_BIND)
-    sc.mount("", folder, "", sc.MS_PRIVATE)
+        sc.mount("", folder, "", sc.MS_PRIVATE)
 
 
 def release_dir(folder: str) -> None:
@@ -29,7 +37,7 @@ def release_dir(folder: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         if any(os.path.ismount(os.path.join(folder, n)) for n in os.listdir(folder)):
             return
-    while os.path.ismount(folder):
+    while _mount_point(os.path.abspath(folder)):
         try:
             sc.umount2(folder, sc.MNT_DETACH)
         except OSError:
