@@ -73,7 +73,8 @@ async def wait(request: web.Request) -> web.StreamResponse:
 
 async def remove(request: web.Request) -> web.StreamResponse:
     if qbool(request, "link"):
-        raise InvalidArgument("links are not supported")
+        services(request).containers.remove_link(_id(request))
+        return web.Response(status=204)
     await services(request).containers.remove(
         _id(request), force=qbool(request, "force"), volumes=qbool(request, "v")
     )
@@ -93,17 +94,25 @@ async def list_containers(request: web.Request) -> web.StreamResponse:
 
 
 async def resize(request: web.Request) -> web.StreamResponse:
-    container = services(request).containers.get(_id(request))
+    service = services(request).containers
+    container = service.get(_id(request))
+    height, width = qint(request, "h") or 24, qint(request, "w") or 80
     with contextlib.suppress(Exception):
-        await services(request).containers.monitor.call(
-            {
-                "op": "resize",
-                "id": container.id,
-                "h": qint(request, "h") or 24,
-                "w": qint(request, "w") or 80,
-            }
-        )
+        await service.monitor.call({"op": "resize", "id": container.id, "h": height, "w": width})
+    service.publish(container, "resize", height=str(height), width=str(width))
     return web.Response(status=200)
+
+
+async def update(request: web.Request) -> web.StreamResponse:
+    body = await json_body(request)
+    warnings = await services(request).containers.update(_id(request), body)
+    return web.json_response({"Warnings": warnings})
+
+
+async def prune(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    result = await services(request).containers.prune(qfilters(request))
+    return web.json_response(result)
 
 
 def _since(value: str | None) -> float:
@@ -163,6 +172,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
     except BaseException:
         m_writer.close()
         raise
+    service.publish(container, "attach")
 
     try:
         await splice(client, m_reader, m_writer)
@@ -183,4 +193,6 @@ def register(app: web.Application) -> None:
     add(app, "POST", "/containers/{id}/resize", resize)
     add(app, "POST", "/containers/{id}/attach", attach)
     add(app, "GET", "/containers/{id}/logs", logs)
-    add(app, "DELETE", "/containers/{id}", remove)
+    add(app, "POST", "/containers/{id}/update", update)
+    add(app, "POST", "/containers/prune", prune)
+    add(app, "DELETE", "/containers/{id:.+}", remove)  # PARENT/ALIAS for ?link=1

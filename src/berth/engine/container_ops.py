@@ -52,6 +52,7 @@ class ContainerOps:
             await service.monitor.call({"op": "pause" if paused else "resume", "id": container.id})
             container.state["Paused"] = paused
             service.db.update(container.id, container.data)
+        service.publish(container, "pause" if paused else "unpause")
 
     async def restart(self, ref: str, timeout: int | None = None, sig: str | None = None) -> None:
         from berth.engine.containers import RUNNING
@@ -63,6 +64,7 @@ class ContainerOps:
         else:
             service.restarts.cancel(container.id)
         await service.start(container.id)
+        service.publish(container, "restart")
 
     def rename(self, ref: str, name: str) -> None:
         from berth.engine.containers import _NAME
@@ -77,8 +79,10 @@ class ContainerOps:
         container = self.service.get(ref)
         if container.name == name:
             raise Conflict(f"Renaming a container with the same name as its current name: {name}")
+        old_name = container.name
         container.data["Name"] = name
         self.service.db.rename(container.id, name, container.data)
+        self.service.publish(container, "rename", oldName="/" + old_name)
 
     async def _running(self, ref: str) -> tuple[Any, dict[str, Any]]:
         from berth.engine.containers import RUNNING
@@ -128,7 +132,10 @@ class ContainerOps:
             answer = await self.service.monitor.call({"op": "cgroup", "id": container_id})
         except Conflict:
             return None
-        return stats.sample(answer.get("paths") or {})
+        sample = stats.sample(answer.get("paths") or {})
+        if answer.get("pid"):
+            sample["networks"] = stats.networks(int(answer["pid"]))
+        return sample
 
     async def stats(
         self, ref: str, *, stream: bool, one_shot: bool

@@ -40,6 +40,8 @@ from berth.images.store import ImageStore
 from berth.units import human_duration
 
 CREATED, RUNNING, EXITED, REMOVING = "created", "running", "exited", "removing"
+BUILTIN_RUNTIME = "berth-runtime"
+KNOWN_RUNTIMES = {"runc": "/usr/sbin/runc", "crun": "/usr/bin/crun"}
 ZERO_TIME = "0001-01-01T00:00:00Z"
 _NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 _ADJECTIVES_TEXT = (
@@ -120,6 +122,11 @@ class ContainerService:
         self.health = HealthChecker(self)
         self.restarts = RestartManager(self)
         self.ops = ContainerOps(self)
+        self.runtimes: dict[str, str] = {BUILTIN_RUNTIME: BUILTIN_RUNTIME}
+        for runtime_name, runtime_path in KNOWN_RUNTIMES.items():
+            if os.access(runtime_path, os.X_OK):
+                self.runtimes[runtime_name] = runtime_path
+        self.default_runtime = BUILTIN_RUNTIME
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiters: dict[str, list[tuple[str, asyncio.Future[int]]]] = {}
         self._events_task: asyncio.Task[None] | None = None
@@ -216,12 +223,23 @@ class ContainerService:
             pass
         if data is None:
             return
-        await self._on_exit(container_id, int(data.get("ExitCode", 255)), data.get("FinishedAt"))
+        await self._on_exit(
+            container_id,
+            int(data.get("ExitCode", 255)),
+            data.get("FinishedAt"),
+            oom_killed=bool(data.get("OOMKilled")),
+        )
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 
     async def _on_exit(
-        self, container_id: str, code: int, finished: str | None, error: str = ""
+        self,
+        container_id: str,
+        code: int,
+        finished: str | None,
+        error: str = "",
+        *,
+        oom_killed: bool = False,
     ) -> None:
         async with self._lock(container_id):
             record = self.db.get(container_id)
@@ -237,9 +255,19 @@ class ContainerService:
                 Pid=0,
                 ExitCode=code,
                 Error=error,
+                OOMKilled=oom_killed,
                 FinishedAt=finished or _now(),
             )
             self.db.update(container_id, container.data)
+            if oom_killed:
+                self.publish(container, "oom")
+            started = _epoch(str(container.state.get("StartedAt") or ""))
+            self.publish(
+                container,
+                "die",
+                exitCode=str(code),
+                execDuration=str(int(max(0.0, time.time() - started))) if started else "0",
+            )
             self._resolve(container_id, ("not-running", "next-exit"), code)
             self.health.stop(container_id)
             auto_remove = container.spec.auto_remove
@@ -251,6 +279,41 @@ class ContainerService:
                 await self.remove(container_id, force=True, volumes=True)
             except BerthError as exc:
                 print(f"berthd: auto-remove of {container_id[:12]}: {exc}", flush=True)
+
+    # ---- events and runtimes ---------------------------------------------------------------
+
+    def publish(self, container: Container, action: str, **extra: str) -> None:
+        """A container event with dockerd's attributes: name, image, the labels, extras."""
+        spec = container.spec
+        attributes = {**spec.labels, "image": spec.image, "name": container.name, **extra}
+        self.events.publish("container", action, container.id, attributes)
+
+    def configure_runtimes(self, default: str = "", added: list[str] | None = None) -> None:
+        """``berthd --add-runtime NAME=PATH`` (repeatable) and ``--default-runtime NAME``."""
+        for item in added or []:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise InvalidArgument(f"invalid --add-runtime {item!r}: use NAME=PATH")
+            self.runtimes[name] = path
+        if default:
+            if default not in self.runtimes:
+                raise InvalidArgument(
+                    f"default runtime {default!r} is not configured: add it with --add-runtime"
+                )
+            self.default_runtime = default
+
+    def runtime_info(self) -> dict[str, Any]:
+        """``/info``'s ``Runtimes`` and ``DefaultRuntime``."""
+        return {
+            "Runtimes": {name: {"path": path} for name, path in sorted(self.runtimes.items())},
+            "DefaultRuntime": self.default_runtime,
+        }
+
+    def _check_runtime(self, name: str) -> str:
+        name = name or self.default_runtime
+        if name not in self.runtimes:
+            raise InvalidArgument(f"Unknown runtime specified {name}")
+        return name
 
     # ---- lookup ---------------------------------------------------------------------------
 
@@ -295,8 +358,17 @@ class ContainerService:
             raise NotFound(f"No such image: {image_ref}") from None
         image_config = dict(image.config.data.get("config") or {})
         spec = specgen.from_docker(body, image_ref, image.id, image_config)
+        spec.runtime = self._check_runtime(spec.runtime)
         container_id = secrets.token_hex(32)
         name = name or self._new_name()
+        host_config = dict(body.get("HostConfig") or {})
+        host_config["Runtime"] = spec.runtime
+        self._check_links(spec)
+        if spec.links:
+            host_config["Links"] = [
+                f"/{link.split(':')[0]}:/{name}/{link.split(':')[1]}" for link in spec.links
+            ]
+        spec.mounts += self._volumes_from(host_config.get("VolumesFrom"), spec)
         created = _now()
         config = {k: v for k, v in body.items() if k not in ("HostConfig", "NetworkingConfig")}
         record = {
@@ -305,7 +377,7 @@ class ContainerService:
             "Created": created,
             "Spec": spec.to_dict(),
             "Config": config,
-            "HostConfig": body.get("HostConfig") or {},
+            "HostConfig": host_config,
             "ImageConfig": image_config,
             "State": {
                 "Status": CREATED,
@@ -345,7 +417,46 @@ class ContainerService:
         except BaseException:
             self._discard(container_id)
             raise
+        self.publish(Container(record), "create")
         return container_id, list(spec.warnings)
+
+    def _check_links(self, spec: specgen.ContainerSpec) -> None:
+        if spec.links and spec.network_mode == "host":
+            raise InvalidArgument(
+                "conflicting options: host type networking can't be used with links."
+                " This would result in undefined behavior"
+            )
+        for link in spec.links:
+            target = link.split(":")[0]
+            if not self.db.find(target):
+                raise NotFound(f"Could not get container for {target}")
+
+    def _volumes_from(self, given: Any, spec: specgen.ContainerSpec) -> list[specgen.Mount]:
+        """``--volumes-from NAME[:ro|rw]``: that container's binds and volumes, at the
+        same paths, unless this container mounts something there itself."""
+        if not given:
+            return []
+        if not isinstance(given, list):
+            raise InvalidArgument("VolumesFrom must be a list of container names")
+        taken = {m.destination for m in spec.mounts}
+        mounts: list[specgen.Mount] = []
+        for item in given:
+            ref, _, mode = str(item).partition(":")
+            if mode not in ("", "ro", "rw", "z", "Z"):
+                raise InvalidArgument(f"invalid mode for volumes-from: {mode}")
+            source = self.get(ref)
+            for mount in source.spec.mounts:
+                if mount.type == "tmpfs" or mount.destination in taken:
+                    continue
+                taken.add(mount.destination)
+                copy = specgen.Mount(**{**mount.__dict__, "options": list(mount.options)})
+                copy.copy_up = False
+                if mode == "ro":
+                    copy.readonly = True
+                elif mode == "rw":
+                    copy.readonly = False
+                mounts.append(copy)
+        return mounts
 
     def _write_etc_files(self, container_id: str, spec: specgen.ContainerSpec) -> None:
         state_dir = self.state_dir(container_id)
@@ -430,7 +541,11 @@ class ContainerService:
                 hostname_file=os.path.join(self.state_dir(container.id), "hostname"),
                 hosts_file=os.path.join(self.state_dir(container.id), "hosts"),
                 resolv_file=os.path.join(self.state_dir(container.id), "resolv.conf"),
-                netns=netns_path,
+                namespace_paths={
+                    **self._joined_namespaces(spec),
+                    **({"network": netns_path} if netns_path else {}),
+                },
+                extra_env=self._link_env(container),
             )
             config["annotations"] = {"org.berth.container.name": container.name}
             tmp = os.path.join(bundle, "config.json.tmp")
@@ -449,11 +564,12 @@ class ContainerService:
                     "bundle": bundle,
                     "tty": spec.tty,
                     "stdin": spec.open_stdin,
-                    "log_path": self.log_path(container.id),
+                    "log_path": self.log_path(container.id) if spec.log_driver != "none" else "",
                     "log_max_size": spec.log_max_size,
                     "log_max_files": spec.log_max_files,
                     "exit_file": self.exit_path(container.id),
                     "loopback_up": spec.network_mode != "host" and not netns_path,
+                    "runtime": self._runtime_of(spec),
                 }
             )
             container.data.pop("ManuallyStopped", None)
@@ -469,7 +585,50 @@ class ContainerService:
                 FinishedAt=ZERO_TIME,
             )
             self.db.update(container.id, container.data)
+            self.publish(container, "start")
             self.health.start(container.id)
+
+    def _runtime_of(self, spec: specgen.ContainerSpec) -> dict[str, str]:
+        """The runtime a start uses: the container's (checked at create), by name."""
+        name = spec.runtime or self.default_runtime
+        if name not in self.runtimes:
+            raise InvalidArgument(f"Unknown runtime specified {name}")
+        return {"name": name, "path": self.runtimes[name]}
+
+    def _joined_namespaces(self, spec: specgen.ContainerSpec) -> dict[str, str]:
+        """``container:<name>`` pid/ipc modes: the other container's namespace by path."""
+        paths = {}
+        for kind, mode in (("pid", spec.pid_mode), ("ipc", spec.ipc_mode)):
+            if not mode.startswith("container:"):
+                continue
+            other = self.get(mode.split(":", 1)[1])
+            if other.status != RUNNING or not other.state.get("Pid"):
+                what = "PID" if kind == "pid" else "IPC"
+                raise Conflict(f"cannot join {what} of a non running container: {other.id}")
+            paths[kind] = f"/proc/{other.state['Pid']}/ns/{kind}"
+        return paths
+
+    def _link_env(self, container: Container) -> list[str]:
+        """Legacy links' variables: ``ALIAS_NAME=/me/alias``, ``ALIAS_ENV_K=V``."""
+        env: list[str] = []
+        for link in container.spec.links:
+            target, alias = link.split(":", 1)
+            try:
+                other = self.get(target)
+            except NotFound:
+                raise NotFound(f"Could not get container for {target}") from None
+            if other.status != RUNNING:
+                raise Conflict(
+                    f"Cannot link to a non running container: /{other.name} AS"
+                    f" /{container.name}/{alias}"
+                )
+            prefix = alias.upper().replace("-", "_")
+            env.append(f"{prefix}_NAME=/{container.name}/{alias}")
+            for item in other.spec.env:
+                key, sep, value = item.partition("=")
+                if sep and key not in ("HOME", "PATH"):
+                    env.append(f"{prefix}_ENV_{key}={value}")
+        return env
 
     def _future(self, container_id: str, condition: str) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -494,6 +653,7 @@ class ContainerService:
         if container.status != RUNNING:
             raise Conflict(f"Cannot kill container: {ref}: container {container.id} is not running")
         self.restarts.stopped_by_user(container.id)
+        exited = self._future(container.id, "next-exit") if number == signal.SIGKILL else None
         try:
             await self.monitor.call(
                 {
@@ -507,6 +667,10 @@ class ContainerService:
             raise Conflict(
                 f"Cannot kill container: {ref}: container {container.id} is not running"
             ) from None
+        self.publish(container, "kill", signal=str(number))
+        if exited is not None:  # as dockerd: a SIGKILL answers once the exit is recorded
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(exited), 10)
 
     async def stop(self, ref: str, timeout: int | None = None, sig: str | None = None) -> None:
         from berth.runtime.container import parse_signal
@@ -529,11 +693,14 @@ class ContainerService:
                     "resume": bool(container.state.get("Paused")),
                 }
             )
+            self.publish(container, "kill", signal=str(number))
         if timeout < 0:
             await exited
+            self.publish(container, "stop")
             return
         try:
             await asyncio.wait_for(asyncio.shield(exited), timeout)
+            self.publish(container, "stop")
             return
         except TimeoutError:
             pass
@@ -541,10 +708,12 @@ class ContainerService:
             await self.monitor.call(
                 {"op": "kill", "id": container.id, "signal": int(signal.SIGKILL)}
             )
+            self.publish(container, "kill", signal=str(int(signal.SIGKILL)))
         try:
             await asyncio.wait_for(asyncio.shield(exited), 30)
         except TimeoutError:
             raise SystemFailure(f"container {container.id} did not exit after SIGKILL") from None
+        self.publish(container, "stop")
 
     async def wait(self, ref: str, condition: str = "not-running") -> asyncio.Future[int]:
         """A future of the exit code; registered before this returns (the API then sends
@@ -562,6 +731,11 @@ class ContainerService:
 
     async def remove(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
         container = self.get(ref)
+        if container.state.get("Restarting") and not force:
+            raise Conflict(
+                f'cannot remove container "/{container.name}": container is restarting:'
+                " stop the container before removing or force remove"
+            )
         self.restarts.stopped_by_user(container.id)
         if container.status == RUNNING:
             if not force:
@@ -594,12 +768,150 @@ class ContainerService:
             self._discard(container.id)
             if volumes:
                 self.volumes.release(container.spec)
+            self.publish(container, "destroy")
         self._resolve(
             container.id, ("removed", "not-running", "next-exit"), int(container.state["ExitCode"])
         )
         self._waiters.pop(container.id, None)
         self.execs.forget(container.id)
         self.health.forget(container.id)
+
+    def remove_link(self, ref: str) -> None:
+        """``DELETE /containers/PARENT/ALIAS?link=1``: drop a legacy link, keep both."""
+        parent_ref, sep, alias = ref.strip("/").rpartition("/")
+        if not sep:
+            raise InvalidArgument(f"Conflict, cannot remove the default link name: {ref}")
+        parent = self.get(parent_ref)
+        links = [link for link in parent.spec.links if link.split(":", 1)[1] != alias]
+        if len(links) == len(parent.spec.links):
+            raise NotFound(f"Could not find a link named {ref}")
+        spec = parent.spec
+        spec.links = links
+        parent.data["Spec"] = spec.to_dict()
+        host = parent.data.setdefault("HostConfig", {})
+        host["Links"] = [
+            f"/{link.split(':')[0]}:/{parent.name}/{link.split(':')[1]}" for link in links
+        ] or None
+        self.db.update(parent.id, parent.data)
+
+    # ---- update and prune -----------------------------------------------------------------
+
+    async def update(self, ref: str, body: dict[str, Any]) -> list[str]:
+        """``POST /containers/{id}/update``: resources (applied live to the cgroup of a
+        running container) and the restart policy; answers dockerd's warnings."""
+        container = self.get(ref)
+        async with self._lock(container.id):
+            container = self.get(container.id)
+            spec = container.spec
+            host = dict(container.data.get("HostConfig") or {})
+            fields = {
+                "Memory": "memory",
+                "MemorySwap": "memory_swap",
+                "MemoryReservation": "memory_reservation",
+                "CpuShares": "cpu_shares",
+                "CpuPeriod": "cpu_period",
+                "CpuQuota": "cpu_quota",
+                "NanoCpus": "nano_cpus",
+                "CpusetCpus": "cpuset_cpus",
+                "CpusetMems": "cpuset_mems",
+                "PidsLimit": "pids_limit",
+                "BlkioWeight": "blkio_weight",
+            }
+            for key, attribute in fields.items():
+                value = body.get(key)
+                if value is None or (value == 0 and key not in ("PidsLimit",)):
+                    continue
+                if key in ("CpusetCpus", "CpusetMems"):
+                    if not isinstance(value, str):
+                        raise InvalidArgument(f"{key} must be a string")
+                    value = specgen.check_cpuset(value, "cpus" if key == "CpusetCpus" else "mems")
+                elif isinstance(value, bool) or not isinstance(value, int):
+                    raise InvalidArgument(f"{key} must be an integer, not {value!r}")
+                if key == "PidsLimit" and isinstance(value, int) and value <= 0:
+                    value = 0
+                setattr(spec, attribute, value)
+                host[key] = value
+            if body.get("Memory"):
+                if spec.memory < 6 * 1024 * 1024:
+                    raise InvalidArgument("minimum memory limit allowed is 6MB")
+                if not body.get("MemorySwap") and 0 < spec.memory_swap < spec.memory:
+                    raise InvalidArgument(
+                        "Memory limit should be smaller than already set memoryswap limit,"
+                        " update the memoryswap at the same time"
+                    )
+                if not spec.memory_swap:
+                    spec.memory_swap = spec.memory * 2
+                    host["MemorySwap"] = spec.memory_swap
+            specgen.check_cpu(spec.nano_cpus, spec.cpu_period, spec.cpu_quota)
+            policy = body.get("RestartPolicy")
+            if policy and policy.get("Name") is not None:
+                check = {**host, "RestartPolicy": policy}
+                restarts.validate(check)
+                host["RestartPolicy"] = {
+                    "Name": str(policy.get("Name") or "no"),
+                    "MaximumRetryCount": int(policy.get("MaximumRetryCount") or 0),
+                }
+            if container.status == RUNNING:
+                try:
+                    await self.monitor.call(
+                        {"op": "update", "id": container.id, "resources": specgen.resources(spec)}
+                    )
+                except BerthError as exc:
+                    raise InvalidArgument(
+                        f"Cannot update container {container.id}: {exc}"
+                    ) from None
+            container.data["Spec"] = spec.to_dict()
+            container.data["HostConfig"] = host
+            self.db.update(container.id, container.data)
+        self.publish(container, "update")
+        return []
+
+    async def prune(self, filters: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``POST /containers/prune``: remove every stopped container (``until``,
+        ``label``, ``label!`` filters); the space is that of their writable layers."""
+        filters = filters or {}
+
+        def values(key: str) -> list[str]:
+            value = filters.get(key)
+            if isinstance(value, dict):
+                return [k for k, v in value.items() if v]
+            if isinstance(value, list):
+                return [str(v) for v in value]
+            return []
+
+        for key in filters:
+            if key not in ("until", "label", "label!"):
+                raise InvalidArgument(f"invalid filter '{key}'")
+        until = [_parse_until(u) for u in values("until")]
+        deleted: list[str] = []
+        reclaimed = 0
+        for record in self.db.all():
+            container = Container(record)
+            if container.status in (RUNNING, REMOVING) or container.state.get("Restarting"):
+                continue
+            if any(_epoch(container.data["Created"]) >= u for u in until):
+                continue
+            labels = container.spec.labels
+            if not all(_label_matches(labels, f) for f in values("label")):
+                continue
+            if any(_label_matches(labels, f) for f in values("label!")):
+                continue
+            size = self._layer_size(container.id)
+            try:
+                await self.remove(container.id)
+            except (BerthError, OSError) as exc:  # dockerd logs and goes on, too
+                print(f"berthd: prune: {container.id[:12]}: {exc}", file=sys.stderr, flush=True)
+                continue
+            deleted.append(container.id)
+            reclaimed += size
+        self.events.publish("container", "prune", "", {"reclaimed": str(reclaimed)})
+        return {"ContainersDeleted": deleted or None, "SpaceReclaimed": reclaimed}
+
+    def _layer_size(self, container_id: str) -> int:
+        try:
+            return int(self.images.snapshots.usage(container_id)[0])
+        except (BerthError, OSError, KeyError, IndexError):
+            return 0
 
     # ---- attach and logs -------------------------------------------------------------------
 
@@ -631,6 +943,10 @@ class ContainerService:
     ) -> AsyncIterator[tuple[str, str, str]]:
         """(stream, text, time) entries of the container's json-file log."""
         container = self.get(ref)
+        if container.spec.log_driver == "none":
+            raise InvalidArgument(
+                'configured logging driver does not support reading: driver "none"'
+            )
         path = self.log_path(container.id)
         since_stamp = jsonlog.rfc3339nano(int(since * 1e9)) if since else ""
         until_stamp = jsonlog.rfc3339nano(int(until * 1e9)) if until else ""
@@ -740,33 +1056,51 @@ class ContainerService:
             Labels=spec.labels,
             StopSignal=spec.stop_signal,
         )
+        given = dict(data.get("HostConfig") or {})
+        log_options = ((given.get("LogConfig") or {}).get("Config")) or {}
         host_config = {
-            "Binds": (data.get("HostConfig") or {}).get("Binds"),
-            "Mounts": (data.get("HostConfig") or {}).get("Mounts"),
-            "Tmpfs": (data.get("HostConfig") or {}).get("Tmpfs"),
+            **_default_host_config(),
+            **given,  # what the client sent, as sent (Isolation, VolumeDriver, ...)
+            "Binds": given.get("Binds"),
+            "Mounts": given.get("Mounts"),
+            "Tmpfs": given.get("Tmpfs"),
             "NetworkMode": "bridge" if spec.network_mode == "bridge" else spec.network_mode,
             "AutoRemove": spec.auto_remove,
-            "LogConfig": {
-                "Type": "json-file",
-                "Config": {"max-size": str(spec.log_max_size), "max-file": str(spec.log_max_files)},
-            },
+            "LogConfig": {"Type": spec.log_driver, "Config": dict(log_options)},
             "RestartPolicy": dict(
                 zip(("Name", "MaximumRetryCount"), restarts.policy_of(data), strict=True)
             ),
             "Memory": spec.memory,
             "MemorySwap": spec.memory_swap,
+            "MemoryReservation": spec.memory_reservation,
+            "MemorySwappiness": spec.memory_swappiness if spec.memory_swappiness >= 0 else None,
             "NanoCpus": spec.nano_cpus,
             "CpuShares": spec.cpu_shares,
+            "CpuPeriod": spec.cpu_period,
+            "CpuQuota": spec.cpu_quota,
+            "CpusetCpus": spec.cpuset_cpus,
+            "CpusetMems": spec.cpuset_mems,
+            "BlkioWeight": spec.blkio_weight,
             "PidsLimit": spec.pids_limit or None,
+            "OomKillDisable": spec.oom_kill_disable,
+            "OomScoreAdj": spec.oom_score_adj,
             "CapAdd": spec.cap_add or None,
             "CapDrop": spec.cap_drop or None,
+            "GroupAdd": spec.group_add or None,
+            "PidMode": spec.pid_mode,
+            "IpcMode": spec.ipc_mode or "private",
+            "UTSMode": spec.uts_mode,
+            "CgroupnsMode": spec.cgroupns_mode or "host",
+            "Devices": spec.devices,
+            "DeviceCgroupRules": spec.device_cgroup_rules or None,
+            "Ulimits": spec.ulimits or None,
             "Privileged": spec.privileged,
             "ReadonlyRootfs": spec.readonly_rootfs,
-            "SecurityOpt": (data.get("HostConfig") or {}).get("SecurityOpt"),
-            "ShmSize": specgen.SHM_SIZE,
+            "SecurityOpt": given.get("SecurityOpt"),
+            "ShmSize": spec.shm_size,
             **self.networks.host_config(container),
-            "Runtime": "berth-runtime",
-            "Init": None,
+            "Runtime": spec.runtime or self.default_runtime,
+            "Init": True if spec.init else given.get("Init"),
         }
         args = spec.args
         state = dict(container.state)
@@ -796,9 +1130,18 @@ class ContainerService:
             "GraphDriver": {"Name": "overlay", "Data": None},
             "Mounts": mount_points(spec),
             "Config": config,
-            "NetworkSettings": self.networks.settings(container),
+            "NetworkSettings": self._with_mac(self.networks.settings(container), spec),
             "Warnings": spec.warnings or None,
         }
+
+    @staticmethod
+    def _with_mac(settings: dict[str, Any], spec: specgen.ContainerSpec) -> dict[str, Any]:
+        """A MAC address given at create is what inspect shows (the network side may
+        not have assigned one)."""
+        if spec.mac_address:
+            settings = dict(settings)
+            settings["MacAddress"] = spec.mac_address
+        return settings
 
     @staticmethod
     def _network_settings(spec: specgen.ContainerSpec) -> dict[str, Any]:
@@ -891,6 +1234,65 @@ class ContainerService:
             else:
                 counts["ContainersStopped"] += 1
         return counts
+
+
+def _default_host_config() -> dict[str, Any]:
+    """dockerd's HostConfig fields for what a client did not set."""
+    return {
+        "ContainerIDFile": "",
+        "PortBindings": {},
+        "VolumeDriver": "",
+        "VolumesFrom": None,
+        "ConsoleSize": [0, 0],
+        "Cgroup": "",
+        "CgroupParent": "",
+        "Dns": [],
+        "DnsOptions": [],
+        "DnsSearch": [],
+        "ExtraHosts": None,
+        "Links": None,
+        "PublishAllPorts": False,
+        "UsernsMode": "",
+        "Isolation": "",
+        "BlkioWeightDevice": [],
+        "BlkioDeviceReadBps": None,
+        "BlkioDeviceWriteBps": None,
+        "BlkioDeviceReadIOps": None,
+        "BlkioDeviceWriteIOps": None,
+        "CpuRealtimePeriod": 0,
+        "CpuRealtimeRuntime": 0,
+        "DeviceRequests": None,
+        "KernelMemory": 0,
+        "KernelMemoryTCP": 0,
+        "CpuCount": 0,
+        "CpuPercent": 0,
+        "IOMaximumIOps": 0,
+        "IOMaximumBandwidth": 0,
+        "MaskedPaths": list(specgen.MASKED_PATHS),
+        "ReadonlyPaths": list(specgen.READONLY_PATHS),
+    }
+
+
+def _parse_until(text: str) -> float:
+    """``until``: seconds since the epoch, an RFC 3339 time, or a duration ago (10m)."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text)
+    if match:
+        scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}[match[2]]
+        return time.time() - float(match[1]) * scale
+    try:
+        return _epoch(text if text.endswith("Z") else text + "Z")
+    except ValueError:
+        raise InvalidArgument(f"invalid until filter: {text!r}") from None
+
+
+def _label_matches(labels: dict[str, str], wanted: str) -> bool:
+    key, eq, value = wanted.partition("=")
+    return key in labels and (not eq or labels[key] == value)
 
 
 def _display_status(container: Container) -> str:

@@ -22,6 +22,7 @@ aiohttp: the process stays small so that its forks stay cheap.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -33,7 +34,7 @@ import sys
 import time
 
 from berth.engine.jsonlog import JsonLogWriter, rfc3339nano
-from berth.errors import BerthError, Conflict, NotFound
+from berth.errors import BerthError, Conflict, NotFound, SystemFailure
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -109,14 +110,229 @@ class Container:
         self.exited_ns = 0
         self.exit_file = ""
         self.finished = ""
+        self.runtime: Backend | None = None
+
+    def runtime_kill(self, sig: int) -> None:
+        assert self.runtime is not None
+        self.runtime.kill(self.id, sig)
+
+
+BUILTIN_RUNTIME = "berth-runtime"
+
+
+class BuiltinRuntime:
+    """berth-runtime as a library: a start forks from this warm process (no interpreter
+    start per container). Same operations as :class:`CliRuntime`."""
+
+    name = BUILTIN_RUNTIME
+
+    def __init__(self, root: str) -> None:
+        from berth.runtime.container import Runtime
+
+        self.lib: Runtime = Runtime(root)
+
+    def create(self, container_id: str, bundle: str, tty: bool) -> Started:
+        return self.lib.create(container_id, bundle, keep_console=tty)
+
+    def start(self, container_id: str) -> None:
+        self.lib.start(container_id)
+
+    def kill(self, container_id: str, sig: int) -> None:
+        self.lib.kill(container_id, sig)
+
+    def pause(self, container_id: str) -> None:
+        self.lib.pause(container_id)
+
+    def resume(self, container_id: str) -> None:
+        self.lib.resume(container_id)
+
+    def delete(self, container_id: str) -> None:
+        self.lib.delete(container_id, force=True)
+
+    def cgroup_paths(self, container_id: str) -> dict[str, str]:
+        return dict(self.lib.store.load(container_id).cgroup_paths)
+
+    def exec_start(self, container_id: str, process: dict[str, Any]) -> Started:
+        return self.lib.exec_start(container_id, process)
+
+    def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        from berth.linux.cgroups import Cgroup
+
+        Cgroup.from_paths(self.cgroup_paths(container_id)).apply(resources)
+
+
+class CliRuntime:
+    """A runtime binary with runc's command line (runc, crun, berth-runtime itself):
+    ``create --pid-file --console-socket``, ``start``, ``kill``, ``delete --force``,
+    ``pause``, ``resume``, ``exec --detach --process``, ``update -r``. The inits and
+    exec'd processes it leaves behind are reparented to the monitor (a subreaper)."""
+
+    def __init__(self, name: str, path: str, root: str) -> None:
+        self.name = name
+        self.path = path
+        self.root = root
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        self.log = os.path.join(root, "runtime.log")
+
+    def _run(self, args: list[str], *, inherit: bool = False) -> str:
+        """Run one verb; ``inherit``: the runtime passes the monitor's fds 0-2 (the
+        container's pipes) to the process it starts. An error is its last log line."""
+        import subprocess
+
+        with open(self.log, "w"):
+            pass
+        command = [self.path, "--root", self.root, "--log", self.log, "--log-format", "json"]
+        try:
+            result = subprocess.run(
+                [*command, *args],
+                stdin=None if inherit else subprocess.DEVNULL,
+                stdout=None if inherit else subprocess.PIPE,
+                stderr=None if inherit else subprocess.PIPE,
+                check=False,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise SystemFailure(
+                f"cannot run the runtime {self.name} ({self.path}): {exc}"
+            ) from None
+        if result.returncode == 0:
+            return (result.stdout or b"").decode(errors="replace")
+        message = self._last_error() or (result.stderr or b"").decode(errors="replace").strip()
+        message = message or f"{self.name} {args[0]} failed with exit code {result.returncode}"
+        lowered = message.lower()
+        if "does not exist" in lowered or "container not found" in lowered:
+            raise NotFound(f"{self.name}: {message}")
+        if "not running" in lowered or "not paused" in lowered or "is paused" in lowered:
+            raise Conflict(f"{self.name}: {message}")
+        raise SystemFailure(f"{self.name} {args[0]}: {message}")
+
+    def _last_error(self) -> str:
+        try:
+            with open(self.log, errors="replace") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return ""
+        for line in reversed(lines):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                if line.strip():
+                    return line.strip()
+                continue
+            if isinstance(entry, dict) and entry.get("level") in ("error", "fatal", "panic"):
+                return str(entry.get("msg") or "")
+        return ""
+
+    def _with_console(self, args: list[str], run: Callable[[list[str]], object]) -> int:
+        """Run with ``--console-socket`` and return the pty master it sent us."""
+        import array
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="console-", dir=self.root)
+        path = os.path.join(folder, "sock")
+        listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            listener.bind(path)
+            listener.listen(1)
+            run([*args, "--console-socket", path])
+            listener.settimeout(5)
+            conn, _ = listener.accept()
+            with conn:
+                fds = array.array("i")
+                _, ancdata, _, _ = conn.recvmsg(4096, _socket.CMSG_SPACE(fds.itemsize))
+                for level, kind, data in ancdata:
+                    if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                        fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+            if not fds:
+                raise SystemFailure(f"{self.name} sent no terminal on the console socket")
+            return int(fds[0])
+        finally:
+            listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+    def _pid_file(self, path: str) -> int:
+        try:
+            with open(path) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            raise SystemFailure(f"{self.name} wrote no pid file") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def create(self, container_id: str, bundle: str, tty: bool) -> Started:
+        from berth.runtime.container import Started as _Started
+
+        pid_file = os.path.join(bundle, "init.pid")
+        args = ["create", "--bundle", bundle, "--pid-file", pid_file]
+        master = None
+        if tty:
+            master = self._with_console(args, lambda a: self._run([*a, container_id]))
+        else:
+            self._run([*args, container_id], inherit=True)
+        return _Started(self._pid_file(pid_file), master)
+
+    def start(self, container_id: str) -> None:
+        self._run(["start", container_id])
+
+    def kill(self, container_id: str, sig: int) -> None:
+        self._run(["kill", container_id, str(sig)])
+
+    def pause(self, container_id: str) -> None:
+        self._run(["pause", container_id])
+
+    def resume(self, container_id: str) -> None:
+        self._run(["resume", container_id])
+
+    def delete(self, container_id: str) -> None:
+        self._run(["delete", "--force", container_id])
+
+    def cgroup_paths(self, container_id: str) -> dict[str, str]:
+        from berth.linux.cgroups import Cgroup
+
+        return Cgroup.for_container(f"/berth/{container_id}", container_id).paths()
+
+    def exec_start(self, container_id: str, process: dict[str, Any]) -> Started:
+        from berth.runtime.container import Started as _Started
+
+        process_file = os.path.join(self.root, f"exec-{os.getpid()}-{time.monotonic_ns()}.json")
+        pid_file = process_file[:-5] + ".pid"
+        with open(process_file, "w") as f:
+            json.dump(process, f)
+        args = ["exec", "--detach", "--pid-file", pid_file, "--process", process_file]
+        try:
+            master = None
+            if process.get("terminal"):
+                master = self._with_console(args, lambda a: self._run([*a, container_id]))
+            else:
+                self._run([*args, container_id], inherit=True)
+            return _Started(self._pid_file(pid_file), master)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(process_file)
+
+    def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        path = os.path.join(self.root, f"update-{container_id}.json")
+        with open(path, "w") as f:
+            json.dump(resources, f)
+        try:
+            self._run(["update", "--resources", path, container_id])
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+Backend = BuiltinRuntime | CliRuntime
 
 
 class Monitor:
     def __init__(self, exec_root: str) -> None:
-        from berth.runtime.container import Runtime
-
         self.exec_root = exec_root
-        self.runtime: Runtime = Runtime(os.path.join(exec_root, "runtime"))
+        self.runtime = BuiltinRuntime(os.path.join(exec_root, "runtime"))
+        self.runtimes: dict[tuple[str, str], Backend] = {}
         self.selector = selectors.DefaultSelector()
         self.containers: dict[str, Container] = {}
         self.execs: dict[str, Container] = {}  # by exec id
@@ -350,26 +566,52 @@ class Monitor:
         else:
             self.pending.setdefault(conn.container_id, []).append(conn)
 
+    def _backend(self, request: dict[str, Any]) -> Backend:
+        """The runtime a start names (``{"name", "path"}``); berth-runtime by default,
+        in process unless another binary is named for it."""
+        given = request.get("runtime") or {}
+        name = str(given.get("name") or BUILTIN_RUNTIME)
+        path = str(given.get("path") or name)
+        if name == BUILTIN_RUNTIME and path in (BUILTIN_RUNTIME, ""):
+            return self.runtime
+        key = (name, path)
+        if key not in self.runtimes:
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+            root = os.path.join(self.exec_root, "runtimes", safe)
+            self.runtimes[key] = CliRuntime(name, path, root)
+        return self.runtimes[key]
+
+    def _runtime_of(self, container_id: str) -> Backend:
+        container = self.containers.get(container_id)
+        if container is not None and container.runtime is not None:
+            return container.runtime
+        return self.runtime
+
     def op_start(self, conn: Conn, request: dict[str, Any]) -> dict[str, Any]:
         container_id = request["id"]
         if container_id in self.containers:
             raise Conflict(f"container {container_id} is already running")
+        runtime = self._backend(request)
         try:  # the runtime's record of an earlier run, if any
-            self.runtime.delete(container_id, force=True)
-        except NotFound:
+            runtime.delete(container_id)
+        except BerthError:
             pass
         tty = bool(request.get("tty"))
         open_stdin = bool(request.get("stdin"))
-        log = JsonLogWriter(
-            request["log_path"],
-            int(request.get("log_max_size", 0)),
-            int(request.get("log_max_files", 1)),
+        log = (
+            JsonLogWriter(
+                request["log_path"],
+                int(request.get("log_max_size", 0)),
+                int(request.get("log_max_files", 1)),
+            )
+            if request.get("log_path")
+            else None
         )
         outputs: dict[int, int] = {}
         stdin_fd = -1
         try:
             if tty:
-                started = self.runtime.create(container_id, request["bundle"], keep_console=True)
+                started = runtime.create(container_id, request["bundle"], True)
                 assert started.console_master is not None
                 master = started.console_master
                 os.set_blocking(master, False)
@@ -379,26 +621,29 @@ class Monitor:
                     os.set_blocking(stdin_fd, False)
             else:
                 started, outputs, stdin_fd = self._with_pipes(
-                    open_stdin, lambda: self.runtime.create(container_id, request["bundle"])
+                    open_stdin, lambda: runtime.create(container_id, request["bundle"], False)
                 )
         except BaseException:
-            log.close()
+            if log is not None:
+                log.close()
             raise
         container = Container(container_id, started.pid, tty, log)
+        container.runtime = runtime
         container.outputs = outputs
         container.stdin_fd = stdin_fd
         container.exit_file = request["exit_file"]
         try:
             if request.get("loopback_up"):
                 _loopback_up(started.pid)
-            self.runtime.start(container_id)
+            runtime.start(container_id)
         except BaseException:
             for fd in [*outputs, stdin_fd]:
                 if fd >= 0:
                     os.close(fd)
-            log.close()
+            if log is not None:
+                log.close()
             try:
-                self.runtime.delete(container_id, force=True)
+                runtime.delete(container_id)
             except BerthError:
                 pass
             self._reap()
@@ -458,11 +703,11 @@ class Monitor:
         container = self.containers.get(request["id"])
         if container is None or container.exit_code is not None:
             raise Conflict(f"container {request['id']} is not running")
-        self.runtime.kill(request["id"], int(request.get("signal", signal.SIGKILL)))
+        container.runtime_kill(int(request.get("signal", signal.SIGKILL)))
         if request.get("resume"):  # stop of a paused container: let it act on the signal
             try:
-                self.runtime.resume(request["id"])
-            except Conflict:
+                self._runtime_of(request["id"]).resume(request["id"])
+            except (Conflict, SystemFailure):
                 pass
 
     def op_resize(self, conn: Conn, request: dict[str, Any]) -> None:
@@ -479,7 +724,7 @@ class Monitor:
         """Start ``process`` (an OCI process) in a running container. Unless detached,
         the connection then streams like an attach of the exec (``exec_id``)."""
         container_id, exec_id = request["id"], request["exec_id"]
-        self._running(container_id)
+        runtime = self._running(container_id).runtime or self.runtime
         if exec_id in self.execs:
             raise Conflict(f"exec {exec_id} is already running")
         proc_config = request["process"]
@@ -489,7 +734,7 @@ class Monitor:
         outputs: dict[int, int] = {}
         stdin_fd = -1
         if tty:
-            started = self.runtime.exec_start(container_id, proc_config)
+            started = runtime.exec_start(container_id, proc_config)
             assert started.console_master is not None
             master = started.console_master
             os.set_blocking(master, False)
@@ -499,7 +744,7 @@ class Monitor:
                 os.set_blocking(stdin_fd, False)
         else:
             started, outputs, stdin_fd = self._with_pipes(
-                open_stdin, lambda: self.runtime.exec_start(container_id, proc_config)
+                open_stdin, lambda: runtime.exec_start(container_id, proc_config)
             )
         proc = Container(exec_id, started.pid, tty, None)
         proc.exec_of = container_id
@@ -538,22 +783,30 @@ class Monitor:
         return container
 
     def op_pause(self, conn: Conn, request: dict[str, Any]) -> None:
-        self._running(request["id"])
-        self.runtime.pause(request["id"])
+        self._runtime_of(self._running(request["id"]).id).pause(request["id"])
 
     def op_resume(self, conn: Conn, request: dict[str, Any]) -> None:
-        self._running(request["id"])
-        self.runtime.resume(request["id"])
+        self._runtime_of(self._running(request["id"]).id).resume(request["id"])
 
     def op_pids(self, conn: Conn, request: dict[str, Any]) -> dict[str, Any]:
-        self._running(request["id"])
-        return {"pids": self.runtime.pids(request["id"])}
+        from berth.linux.cgroups import Cgroup
+
+        container = self._running(request["id"])
+        paths = self._runtime_of(container.id).cgroup_paths(container.id)
+        if not paths:
+            return {"pids": [container.pid]}
+        return {"pids": sorted(Cgroup.from_paths(paths).pids())}
 
     def op_cgroup(self, conn: Conn, request: dict[str, Any]) -> dict[str, Any]:
         """The container's cgroup directories, by controller (for stats)."""
-        self._running(request["id"])
-        state = self.runtime.store.load(request["id"])
-        return {"paths": state.cgroup_paths, "pid": state.pid}
+        container = self._running(request["id"])
+        paths = self._runtime_of(container.id).cgroup_paths(container.id)
+        return {"paths": paths, "pid": container.pid}
+
+    def op_update(self, conn: Conn, request: dict[str, Any]) -> None:
+        """Apply OCI ``linux.resources`` to a running container's cgroup."""
+        container = self._running(request["id"])
+        self._runtime_of(container.id).update(container.id, dict(request.get("resources") or {}))
 
     def op_shutdown(self, conn: Conn, request: dict[str, Any]) -> None:
         """Stop serving (tests; upgrades). Refused while containers run unless forced."""
@@ -698,13 +951,19 @@ class Monitor:
             self._finish_exec(container)
             return
         finished = container.finished or rfc3339nano()
-        record = {"ExitCode": container.exit_code, "FinishedAt": finished, "Pid": container.pid}
+        runtime = container.runtime or self.runtime
+        record = {
+            "ExitCode": container.exit_code,
+            "FinishedAt": finished,
+            "Pid": container.pid,
+            "OOMKilled": _oom_killed(runtime, container.id),
+        }
         try:
             write_atomic(container.exit_file, record)
         except OSError as exc:
             _log(f"cannot write the exit of {container.id[:12]}: {exc}")
         try:
-            self.runtime.delete(container.id, force=True)
+            runtime.delete(container.id)
         except BerthError as exc:
             _log(f"cleanup of {container.id[:12]}: {exc}")
         del self.containers[container.id]
@@ -728,6 +987,18 @@ class Monitor:
             conn.closing = True
             self._flush_conn(conn)
         proc.attached.clear()
+
+
+def _oom_killed(runtime: Backend, container_id: str) -> bool:
+    """Whether the kernel's OOM killer struck in the container's cgroup (read before
+    the runtime deletes it)."""
+    from berth.linux.cgroups import Cgroup
+
+    try:
+        paths = runtime.cgroup_paths(container_id)
+        return bool(paths) and Cgroup.from_paths(paths).oom_killed()
+    except (BerthError, OSError):
+        return False
 
 
 def _loopback_up(pid: int) -> None:

@@ -88,6 +88,7 @@ class Mount:
     anonymous: bool = False
     copy_up: bool = True
     options: list[str] = field(default_factory=list)  # tmpfs data and flags
+    subpath: str = ""  # a volume's subdirectory to mount instead of its root
 
 
 Bind = Mount  # the name of the bind-only record before volumes
@@ -129,6 +130,30 @@ class ContainerSpec:
     no_new_privileges: bool = False
     log_max_size: int = 10 * 1024 * 1024
     log_max_files: int = 3
+    log_driver: str = "json-file"
+    group_add: list[str] = field(default_factory=list)
+    pid_mode: str = ""  # "", host, container:<id>
+    ipc_mode: str = ""  # "", private, shareable, host, none, container:<id>
+    uts_mode: str = ""  # "", host
+    cgroupns_mode: str = ""  # "", host, private
+    cpuset_cpus: str = ""
+    cpuset_mems: str = ""
+    cpu_period: int = 0
+    cpu_quota: int = 0
+    memory_reservation: int = 0
+    memory_swappiness: int = -1
+    oom_kill_disable: bool = False
+    oom_score_adj: int = 0
+    blkio_weight: int = 0
+    shm_size: int = SHM_SIZE
+    init: bool = False
+    runtime: str = ""  # "" = the daemon's default at start
+    devices: list[dict[str, str]] = field(default_factory=list)
+    device_cgroup_rules: list[str] = field(default_factory=list)
+    ulimits: list[dict[str, Any]] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    links: list[str] = field(default_factory=list)  # "container-name:alias"
+    mac_address: str = ""
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -263,6 +288,11 @@ def parse_mount(item: Any) -> Mount:
             raise InvalidArgument(f"invalid {what}: volume driver {driver!r}: use local")
         if source and not VOLUME_NAME.fullmatch(source):
             raise InvalidArgument(f"invalid {what}: invalid volume name {source!r}")
+        subpath = str(options.get("Subpath") or "")
+        if subpath and (subpath.startswith("/") or ".." in subpath.split("/") or not source):
+            raise InvalidArgument(
+                f"invalid {what}: Subpath must be relative, inside a named volume"
+            )
         return Mount(
             "",
             destination,
@@ -271,7 +301,8 @@ def parse_mount(item: Any) -> Mount:
             type="volume",
             name=source,
             anonymous=not source,
-            copy_up=not options.get("NoCopy"),
+            copy_up=not options.get("NoCopy") and not subpath,
+            subpath=os.path.normpath(subpath) if subpath else "",
         )
     if kind == "tmpfs":
         if source:
@@ -397,11 +428,7 @@ def from_docker(
     from berth.runtime.container import parse_signal
 
     parse_signal(stop_signal)
-    log_config = host.get("LogConfig") or {}
-    log_type = log_config.get("Type") or "json-file"
-    if log_type not in ("json-file", "local"):
-        raise InvalidArgument(f"log driver {log_type!r} is not supported: use json-file")
-    log_options = log_config.get("Config") or {}
+    log_type, log_options = _log_config(host)
     from berth.engine.jsonlog import parse_size
 
     pids_limit = _int(host.get("PidsLimit"), "PidsLimit")
@@ -411,7 +438,33 @@ def from_docker(
     memory = _int(host.get("Memory"), "Memory")
     if memory and memory < 6 * 1024 * 1024:
         raise InvalidArgument("minimum memory limit allowed is 6MB")
+    memory_swap = _int(host.get("MemorySwap"), "MemorySwap")
+    if memory and not memory_swap:
+        memory_swap = memory * 2  # dockerd's default, shown by inspect
+    if memory and memory_swap > 0 and memory_swap < memory:
+        raise InvalidArgument(
+            "Minimum memoryswap limit should be larger than memory limit, see usage"
+        )
     stop_timeout = body.get("StopTimeout")
+    modes = _namespace_modes(host, body)
+    cpu_period = _int(host.get("CpuPeriod"), "CpuPeriod")
+    cpu_quota = _int(host.get("CpuQuota"), "CpuQuota")
+    check_cpu(nano_cpus, cpu_period, cpu_quota)
+    swappiness = host.get("MemorySwappiness")
+    swappiness = -1 if swappiness is None else _int(swappiness, "MemorySwappiness")
+    if swappiness != -1 and not 0 <= swappiness <= 100:
+        raise InvalidArgument(
+            f"Invalid value: {swappiness}, valid memory swappiness range is 0-100"
+        )
+    shm_size = _int(host.get("ShmSize"), "ShmSize")
+    if shm_size < 0:
+        raise InvalidArgument("SHM size can not be less than 0")
+    runtime = host.get("Runtime") or body.get("Runtime") or ""  # docker-py sends Config's
+    if not isinstance(runtime, str):
+        raise InvalidArgument("Runtime must be a string")
+    sysctls = host.get("Sysctls") or {}
+    if not isinstance(sysctls, dict):
+        raise InvalidArgument('Sysctls must be an object: {"net.core.somaxconn": "1024"}')
     return ContainerSpec(
         image=image_name,
         image_id=image_id,
@@ -432,7 +485,7 @@ def from_docker(
         network_mode=mode,
         auto_remove=bool(host.get("AutoRemove")),
         memory=memory,
-        memory_swap=_int(host.get("MemorySwap"), "MemorySwap"),
+        memory_swap=memory_swap,
         pids_limit=pids_limit if pids_limit > 0 else 0,
         nano_cpus=nano_cpus,
         cpu_shares=_int(host.get("CpuShares"), "CpuShares"),
@@ -445,7 +498,247 @@ def from_docker(
         no_new_privileges=no_new_privileges,
         log_max_size=parse_size(log_options.get("max-size")),
         log_max_files=int(log_options.get("max-file") or 3),
+        log_driver=log_type,
+        group_add=[str(g) for g in _list_of(host.get("GroupAdd"), "GroupAdd", (str, int))],
+        pid_mode=modes["pid"],
+        ipc_mode=modes["ipc"],
+        uts_mode=modes["uts"],
+        cgroupns_mode=modes["cgroupns"],
+        cpuset_cpus=check_cpuset(str(host.get("CpusetCpus") or ""), "cpus"),
+        cpuset_mems=check_cpuset(str(host.get("CpusetMems") or ""), "mems"),
+        cpu_period=cpu_period,
+        cpu_quota=cpu_quota,
+        memory_reservation=_int(host.get("MemoryReservation"), "MemoryReservation"),
+        memory_swappiness=swappiness,
+        oom_kill_disable=bool(host.get("OomKillDisable")),
+        oom_score_adj=_oom_score_adj(host.get("OomScoreAdj")),
+        blkio_weight=_blkio_weight(host.get("BlkioWeight")),
+        shm_size=shm_size or SHM_SIZE,
+        init=bool(host.get("Init")),
+        runtime=runtime,
+        devices=[_device(d) for d in _list_of(host.get("Devices"), "Devices", (dict,))],
+        device_cgroup_rules=[
+            _device_cgroup_rule(r)
+            for r in _list_of(host.get("DeviceCgroupRules"), "DeviceCgroupRules", (str,))
+        ],
+        ulimits=[_ulimit(u) for u in _list_of(host.get("Ulimits"), "Ulimits", (dict,))],
+        sysctls={str(k): str(v) for k, v in sysctls.items()},
+        links=[_link(v) for v in _list_of(host.get("Links"), "Links", (str,))],
+        mac_address=_mac_address(body.get("MacAddress") or _endpoint_mac(body)),
         warnings=warnings,
+    )
+
+
+LOG_DRIVERS = ("json-file", "local", "none")
+DOCKER_LOG_DRIVERS = (
+    "syslog", "journald", "gelf", "fluentd", "awslogs", "splunk", "etwlogs", "gcplogs",
+    "logentries",
+)  # fmt: skip
+LOG_OPTIONS = {
+    "json-file": {"max-size", "max-file", "compress", "labels", "labels-regex", "env",
+                  "env-regex", "tag"},
+    "local": {"max-size", "max-file", "compress"},
+}  # fmt: skip
+ULIMITS = (
+    "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
+    "nproc", "rss", "rtprio", "rttime", "sigpending", "stack", "as",
+)  # fmt: skip
+INIT_PATHS = ("/usr/bin/tini-static", "/usr/bin/docker-init", "/usr/libexec/docker/docker-init")
+INIT_DESTINATION = "/sbin/docker-init"
+_DEVICE_RULE = re.compile(r"^([acb]) ([0-9]+|\*):([0-9]+|\*) ([rwm]{1,3})$")
+_MAC = re.compile(r"^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$")
+
+
+def _list_of(value: Any, what: str, kinds: tuple[type, ...]) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(
+        isinstance(v, kinds) and not isinstance(v, bool) for v in value
+    ):
+        raise InvalidArgument(f"{what} must be a list")
+    return list(value)
+
+
+def _log_config(host: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """Docker's log drivers: json-file (the default), local (kept as json-file), none."""
+    log_config = host.get("LogConfig") or {}
+    if not isinstance(log_config, dict):
+        raise InvalidArgument("LogConfig must be an object")
+    log_type = str(log_config.get("Type") or "json-file")
+    options = log_config.get("Config") or {}
+    if not isinstance(options, dict):
+        raise InvalidArgument("LogConfig.Config must be an object of strings")
+    if log_type in DOCKER_LOG_DRIVERS:
+        raise InvalidArgument(
+            f"log driver {log_type!r} is not supported by berthd: use json-file, local or none"
+        )
+    if log_type not in LOG_DRIVERS:
+        raise InvalidArgument(f"logger: no log driver named '{log_type}' is registered")
+    allowed = LOG_OPTIONS.get(log_type)
+    for key in options:
+        if allowed is not None and key not in allowed:
+            raise InvalidArgument(f"unknown log opt '{key}' for {log_type} log driver")
+    return log_type, {str(k): str(v) for k, v in options.items()}
+
+
+def _namespace_modes(host: dict[str, Any], body: dict[str, Any]) -> dict[str, str]:
+    """PidMode, IpcMode, UTSMode, CgroupnsMode, checked as dockerd checks them."""
+    pid = str(host.get("PidMode") or "")
+    ipc = str(host.get("IpcMode") or "")
+    uts = str(host.get("UTSMode") or "")
+    cgroupns = str(host.get("CgroupnsMode") or "")
+    if pid not in ("", "host") and not (pid.startswith("container:") and pid[10:]):
+        raise InvalidArgument(f"invalid PID mode: {pid}")
+    if ipc not in ("", "private", "shareable", "host", "none") and not (
+        ipc.startswith("container:") and ipc[10:]
+    ):
+        raise InvalidArgument(f"invalid IPC mode: {ipc}")
+    if uts not in ("", "host"):
+        raise InvalidArgument(f"invalid UTS mode: {uts}")
+    if cgroupns not in ("", "host", "private"):
+        raise InvalidArgument(f"invalid cgroup namespace mode: {cgroupns}")
+    if uts == "host" and body.get("Hostname"):
+        raise InvalidArgument("Conflicting options: hostname and the UTS mode")
+    return {"pid": pid, "ipc": ipc, "uts": uts, "cgroupns": cgroupns}
+
+
+def check_cpu(nano_cpus: int, period: int, quota: int) -> None:
+    if nano_cpus and (period or quota):
+        raise InvalidArgument(
+            "Conflicting options: Nano CPUs and CPU Period cannot both be set"
+            if period
+            else "Conflicting options: Nano CPUs and CPU Quota cannot both be set"
+        )
+    if period and not 1000 <= period <= 1_000_000:
+        raise InvalidArgument(
+            "CPU cfs period can not be less than 1ms (i.e. 1000) or larger than 1s (i.e. 1000000)"
+        )
+    if quota and 0 < quota < 1000:
+        raise InvalidArgument("CPU cfs quota can not be less than 1ms (i.e. 1000)")
+    if nano_cpus:
+        cpus = os.cpu_count() or 1
+        if nano_cpus > cpus * 1_000_000_000:
+            raise InvalidArgument(
+                f"Range of CPUs is from 0.01 to {cpus}.00, as there are only {cpus} CPUs available"
+            )
+
+
+def _parse_set(text: str) -> set[int]:
+    result: set[int] = set()
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ValueError(part)
+        result.update(range(int(low), int(high if dash else low) + 1))
+    return result
+
+
+def check_cpuset(text: str, kind: str) -> str:
+    """``0-2,4``: well formed, and every CPU (or memory node) present on this host."""
+    if not text:
+        return ""
+    try:
+        wanted = _parse_set(text)
+    except ValueError:
+        raise InvalidArgument(f"Invalid value {text} for cpuset {kind}") from None
+    source = (
+        "/sys/devices/system/cpu/online" if kind == "cpus" else ("/sys/devices/system/node/online")
+    )
+    try:
+        with open(source) as f:
+            available_text = f.read().strip()
+        available = _parse_set(available_text)
+    except (OSError, ValueError):
+        return text
+    if not wanted <= available:
+        raise InvalidArgument(
+            f"Requested {'CPUs' if kind == 'cpus' else 'memory nodes'} are not available"
+            f" - requested {text}, available: {available_text}"
+        )
+    return text
+
+
+def _oom_score_adj(value: Any) -> int:
+    score = _int(value, "OomScoreAdj")
+    if not -1000 <= score <= 1000:
+        raise InvalidArgument(f"Invalid value {score}, range for oom score adj is [-1000, 1000]")
+    return score
+
+
+def _blkio_weight(value: Any) -> int:
+    weight = _int(value, "BlkioWeight")
+    if weight and not 10 <= weight <= 1000:
+        raise InvalidArgument("Range of blkio weight is from 10 to 1000")
+    return weight
+
+
+def _device(item: dict[str, Any]) -> dict[str, str]:
+    """``--device /dev/x[:/dev/y[:rwm]]``: the host node must exist."""
+    host_path = str(item.get("PathOnHost") or "")
+    inside = str(item.get("PathInContainer") or host_path)
+    permissions = str(item.get("CgroupPermissions") or "rwm")
+    if not host_path.startswith("/") or not inside.startswith("/"):
+        raise InvalidArgument(f"invalid device {host_path!r}: paths must be absolute")
+    if not permissions or set(permissions) - set("rwm"):
+        raise InvalidArgument(f"invalid device mode: {permissions}")
+    try:
+        os.stat(host_path)
+    except OSError as exc:
+        raise InvalidArgument(
+            f"error gathering device information while adding custom device"
+            f' "{host_path}": {exc.strerror.lower() if exc.strerror else exc}'
+        ) from None
+    return {"PathOnHost": host_path, "PathInContainer": inside, "CgroupPermissions": permissions}
+
+
+def _device_cgroup_rule(rule: str) -> str:
+    if not _DEVICE_RULE.fullmatch(rule.strip()):
+        raise InvalidArgument(f"invalid device cgroup rule format: '{rule}'")
+    return rule.strip()
+
+
+def _ulimit(item: dict[str, Any]) -> dict[str, Any]:
+    name = str(item.get("Name") or "")
+    if name not in ULIMITS:
+        raise InvalidArgument(f"invalid ulimit type: {name}")
+    soft, hard = _int(item.get("Soft"), "Ulimit Soft"), _int(item.get("Hard"), "Ulimit Hard")
+    if soft > hard:
+        raise InvalidArgument(
+            f"ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}"
+        )
+    return {"Name": name, "Soft": soft, "Hard": hard}
+
+
+def _link(text: str) -> str:
+    name, _, alias = text.partition(":")
+    name = name.strip("/")
+    alias = alias.strip("/").rsplit("/", 1)[-1] or name
+    if not name:
+        raise InvalidArgument(f"invalid link {text!r}: use name:alias")
+    return f"{name}:{alias}"
+
+
+def _endpoint_mac(body: dict[str, Any]) -> str:
+    endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+    for endpoint in endpoints.values() if isinstance(endpoints, dict) else []:
+        if isinstance(endpoint, dict) and endpoint.get("MacAddress"):
+            return str(endpoint["MacAddress"])
+    return ""
+
+
+def _mac_address(text: str) -> str:
+    if text and not _MAC.fullmatch(text):
+        raise InvalidArgument(f"invalid MAC address: {text}")
+    return text
+
+
+def init_binary() -> str:
+    """The static init bound at /sbin/docker-init for ``--init`` (tini, as dockerd)."""
+    for path in INIT_PATHS:
+        if os.access(path, os.X_OK):
+            return path
+    raise InvalidArgument(
+        f"no init binary for --init: install tini (looked for {', '.join(INIT_PATHS)})"
     )
 
 
@@ -537,6 +830,132 @@ def _nofile_hard() -> int:
     return min(hard, NOFILE_HARD)
 
 
+def _group_ids(rootfs: str, groups: list[str]) -> list[int]:
+    """GroupAdd: numbers, or names looked up in the image's /etc/group."""
+    ids = []
+    entries: list[list[str]] | None = None
+    for group in groups:
+        if group.isdigit():
+            ids.append(int(group))
+            continue
+        if entries is None:
+            try:
+                with open(os.path.join(rootfs, "etc/group")) as f:
+                    entries = [line.rstrip("\n").split(":") for line in f if line.count(":") >= 2]
+            except OSError:
+                entries = []
+        for entry in entries:
+            if entry[0] == group and entry[2].isdigit():
+                ids.append(int(entry[2]))
+                break
+        else:
+            raise InvalidArgument(
+                f"unable to find group {group}: no matching entries in group file"
+            )
+    return ids
+
+
+def resources(spec: ContainerSpec) -> dict[str, Any]:
+    """``linux.resources`` of the OCI config; also what an update applies live."""
+    result: dict[str, Any] = {}
+    memory: dict[str, Any] = {}
+    if spec.memory:
+        swap = spec.memory_swap if spec.memory_swap else spec.memory * 2
+        memory["limit"] = spec.memory
+        if swap > 0:
+            memory["swap"] = swap
+    elif spec.memory_swap:
+        memory["swap"] = spec.memory_swap
+    if spec.memory_reservation:
+        memory["reservation"] = spec.memory_reservation
+    if spec.memory_swappiness >= 0:
+        memory["swappiness"] = spec.memory_swappiness
+    if spec.oom_kill_disable:
+        memory["disableOOMKiller"] = True
+    if memory:
+        result["memory"] = memory
+    if spec.pids_limit:
+        result["pids"] = {"limit": spec.pids_limit}
+    cpu: dict[str, Any] = {}
+    if spec.nano_cpus:
+        cpu["period"] = 100000
+        cpu["quota"] = spec.nano_cpus * 100000 // 1_000_000_000
+    if spec.cpu_period:
+        cpu["period"] = spec.cpu_period
+    if spec.cpu_quota:
+        cpu["quota"] = spec.cpu_quota
+    if spec.cpu_shares:
+        cpu["shares"] = spec.cpu_shares
+    if spec.cpuset_cpus:
+        cpu["cpus"] = spec.cpuset_cpus
+    if spec.cpuset_mems:
+        cpu["mems"] = spec.cpuset_mems
+    if cpu:
+        result["cpu"] = cpu
+    if spec.blkio_weight:
+        result["blockIO"] = {"weight": spec.blkio_weight}
+    return result
+
+
+def _device_rules(spec: ContainerSpec, nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = [{"allow": bool(spec.privileged), "access": "rwm"}]
+    for node, device in zip(nodes, spec.devices, strict=True):
+        rules.append(
+            {
+                "allow": True,
+                "type": node["type"],
+                "major": node["major"],
+                "minor": node["minor"],
+                "access": device["CgroupPermissions"],
+            }
+        )
+    for text in spec.device_cgroup_rules:
+        match = _DEVICE_RULE.fullmatch(text)
+        if match is None:
+            continue
+        kind, major, minor, access = match.groups()
+        rule: dict[str, Any] = {"allow": True, "type": kind, "access": access}
+        if major != "*":
+            rule["major"] = int(major)
+        if minor != "*":
+            rule["minor"] = int(minor)
+        rules.append(rule)
+    return rules
+
+
+def _device_nodes(spec: ContainerSpec) -> list[dict[str, Any]]:
+    """``linux.devices`` for --device (the host node's type and numbers)."""
+    import stat
+
+    nodes = []
+    for device in spec.devices:
+        try:
+            st = os.stat(device["PathOnHost"])
+        except OSError as exc:
+            raise InvalidArgument(
+                f"error gathering device information while adding custom device"
+                f' "{device["PathOnHost"]}": {exc.strerror or exc}'
+            ) from None
+        if stat.S_ISCHR(st.st_mode):
+            kind = "c"
+        elif stat.S_ISBLK(st.st_mode):
+            kind = "b"
+        else:
+            raise InvalidArgument(f"{device['PathOnHost']} is not a device node")
+        nodes.append(
+            {
+                "path": device["PathInContainer"],
+                "type": kind,
+                "major": os.major(st.st_rdev),
+                "minor": os.minor(st.st_rdev),
+                "fileMode": st.st_mode & 0o7777,
+                "uid": 0,
+                "gid": 0,
+            }
+        )
+    return nodes
+
+
 def oci_config(
     spec: ContainerSpec,
     *,
@@ -545,22 +964,46 @@ def oci_config(
     hostname_file: str,
     hosts_file: str,
     resolv_file: str,
-    netns: str = "",
+    extra_env: list[str] | None = None,
+    namespace_paths: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The runtime's config.json for this container (``rootfs`` is mounted already)."""
+    """The runtime's config.json for this container (``rootfs`` is mounted already).
+
+    ``extra_env``: the legacy links' variables; ``namespace_paths``: ``{"pid":
+    "/proc/N/ns/pid"}`` for ``container:<id>`` modes (the daemon resolves them)."""
     caps = capabilities(spec)
     uid, gid, additional = (0, 0, []) if not spec.user else _passwd_lookup(rootfs, spec.user)
+    for extra in _group_ids(rootfs, spec.group_add):
+        if extra not in additional and extra != gid:
+            additional.append(extra)
     env = list(spec.env)
+    for item in extra_env or []:
+        if not any(e.split("=", 1)[0] == item.split("=", 1)[0] for e in env):
+            env.append(item)
     if spec.tty and not any(e.startswith("TERM=") for e in env):
         env.append("TERM=xterm")
     hostname = spec.hostname or container_id[:12]
+    if spec.uts_mode == "host":
+        import socket
+
+        hostname = socket.gethostname()
     if not any(e.startswith("HOSTNAME=") for e in env):
         env.insert(1 if env and env[0].startswith("PATH=") else 0, f"HOSTNAME={hostname}")
     nofile_hard = _nofile_hard()
+    rlimits = [
+        {"type": "RLIMIT_NOFILE", "soft": min(NOFILE_SOFT, nofile_hard), "hard": nofile_hard}
+    ]
+    for ulimit in spec.ulimits:
+        kind = "RLIMIT_" + str(ulimit["Name"]).upper()
+        rlimits = [r for r in rlimits if r["type"] != kind]
+        rlimits.append({"type": kind, "soft": ulimit["Soft"], "hard": ulimit["Hard"]})
+    args = spec.args
+    if spec.init:
+        args = [INIT_DESTINATION, "--", *args]
     process: dict[str, Any] = {
         "terminal": spec.tty,
         "user": {"uid": uid, "gid": gid, **({"additionalGids": additional} if additional else {})},
-        "args": spec.args,
+        "args": args,
         "env": env,
         "cwd": spec.working_dir or "/",
         "capabilities": {
@@ -568,11 +1011,9 @@ def oci_config(
             "effective": caps,
             "permitted": caps,
         },
-        "rlimits": [
-            {"type": "RLIMIT_NOFILE", "soft": min(NOFILE_SOFT, nofile_hard), "hard": nofile_hard}
-        ],
+        "rlimits": rlimits,
         "noNewPrivileges": spec.no_new_privileges,
-        "oomScoreAdj": 0,
+        "oomScoreAdj": spec.oom_score_adj,
     }
     if spec.tty:
         process["consoleSize"] = {"height": 24, "width": 80}
@@ -617,7 +1058,7 @@ def oci_config(
             "destination": "/dev/shm",
             "type": "tmpfs",
             "source": "shm",
-            "options": ["nosuid", "noexec", "nodev", "mode=1777", f"size={SHM_SIZE}"],
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", f"size={spec.shm_size}"],
         },
     ]
     defaults = len(mounts)
@@ -652,6 +1093,16 @@ def oci_config(
             continue
         if not mount.source:
             raise InvalidArgument(f"the volume at {mount.destination} has no host path")
+        source = mount.source
+        if mount.subpath:
+            from berth.runtime.rootfs import secure_join
+
+            source = secure_join(mount.source, mount.subpath)
+            if not os.path.exists(source):
+                raise InvalidArgument(
+                    f"cannot access path {source}: the subpath {mount.subpath!r} does not"
+                    f" exist in volume {mount.name}"
+                )
         options = ["rbind", mount.propagation or "rprivate"]
         if mount.readonly:
             options.append("ro")
@@ -659,44 +1110,51 @@ def oci_config(
             {
                 "destination": mount.destination,
                 "type": "bind",
-                "source": mount.source,
+                "source": source,
                 "options": options,
+            }
+        )
+    if spec.init:
+        mounts.append(
+            {
+                "destination": INIT_DESTINATION,
+                "type": "bind",
+                "source": init_binary(),
+                "options": ["rbind", "rprivate", "ro"],
             }
         )
     # A parent before its children (a volume on /etc, then /etc/hostname), as Docker sorts.
     mounts[defaults:] = sorted(
         mounts[defaults:], key=lambda m: len(os.path.normpath(m["destination"]).split("/"))
     )
-    namespaces: list[dict[str, Any]] = [
-        {"type": "pid"},
-        {"type": "ipc"},
-        {"type": "uts"},
-        {"type": "mount"},
-    ]
-    if spec.network_mode != "host":  # the engine's namespace (engine/network), by path
-        namespaces.append({"type": "network", **({"path": netns} if netns else {})})
-    resources: dict[str, Any] = {
-        "devices": [{"allow": bool(spec.privileged), "access": "rwm"}],
-    }
-    if spec.memory:
-        swap = spec.memory_swap if spec.memory_swap else spec.memory * 2
-        resources["memory"] = {"limit": spec.memory, **({"swap": swap} if swap > 0 else {})}
-    if spec.pids_limit:
-        resources["pids"] = {"limit": spec.pids_limit}
-    cpu: dict[str, Any] = {}
-    if spec.nano_cpus:
-        cpu["period"] = 100000
-        cpu["quota"] = spec.nano_cpus * 100000 // 1_000_000_000
-    if spec.cpu_shares:
-        cpu["shares"] = spec.cpu_shares
-    if cpu:
-        resources["cpu"] = cpu
+    paths = namespace_paths or {}
+    namespaces: list[dict[str, Any]] = []
+    for kind, mode in (("pid", spec.pid_mode), ("ipc", spec.ipc_mode), ("uts", spec.uts_mode)):
+        if mode == "host":
+            continue
+        if kind in paths:
+            namespaces.append({"type": kind, "path": paths[kind]})
+        else:
+            namespaces.append({"type": kind})
+    namespaces.append({"type": "mount"})
+    if "network" in paths:  # the engine's namespace (engine/network), joined by path
+        namespaces.append({"type": "network", "path": paths["network"]})
+    elif spec.network_mode != "host":
+        namespaces.append({"type": "network"})
+    if spec.cgroupns_mode == "private":
+        namespaces.append({"type": "cgroup"})
+    nodes = _device_nodes(spec)
+    linux_resources: dict[str, Any] = {"devices": _device_rules(spec, nodes), **resources(spec)}
     linux: dict[str, Any] = {
         "namespaces": namespaces,
-        "resources": resources,
+        "resources": linux_resources,
         "cgroupsPath": f"/berth/{container_id}",
         "rootfsPropagation": "rprivate",
     }
+    if nodes:
+        linux["devices"] = nodes
+    if spec.sysctls:
+        linux["sysctl"] = dict(spec.sysctls)
     if not spec.privileged:
         linux["maskedPaths"] = list(MASKED_PATHS)
         linux["readonlyPaths"] = list(READONLY_PATHS)
@@ -707,7 +1165,7 @@ def oci_config(
         "ociVersion": oci.OCI_VERSION,
         "process": process,
         "root": {"path": rootfs, "readonly": spec.readonly_rootfs},
-        "hostname": hostname,
+        **({"hostname": hostname} if spec.uts_mode != "host" else {}),
         **({"domainname": spec.domainname} if spec.domainname else {}),
         "mounts": mounts,
         "linux": linux,

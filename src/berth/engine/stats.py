@@ -174,3 +174,32 @@ def empty(container_id: str, name: str) -> dict[str, Any]:
         "precpu_stats": empty_cpu(),
         "memory_stats": {},
     }
+
+
+def networks(pid: int) -> dict[str, Any]:
+    """Per-interface counters of the process's network namespace (``/proc/PID/net/dev``),
+    loopback left out, in Docker's ``networks`` shape."""
+    result: dict[str, Any] = {}
+    try:
+        with open(f"/proc/{pid}/net/dev") as f:
+            lines = f.read().splitlines()[2:]
+    except OSError:
+        return result
+    for line in lines:
+        name, _, rest = line.partition(":")
+        name = name.strip()
+        fields = rest.split()
+        if name == "lo" or len(fields) < 16:
+            continue
+        values = [int(v) for v in fields[:16]]
+        result[name] = {
+            "rx_bytes": values[0],
+            "rx_packets": values[1],
+            "rx_errors": values[2],
+            "rx_dropped": values[3],
+            "tx_bytes": values[8],
+            "tx_packets": values[9],
+            "tx_errors": values[10],
+            "tx_dropped": values[11],
+        }
+    return result
