@@ -267,7 +267,9 @@ class _Run:
             raise _Fail("syntax error: bad substitution")
         name = self.process_name()
         ch = self.next()
-        chs = ch if ch != _EOF else "\ufffd"
+        if ch == _EOF:  # the reference says "unsupported modifier (\ufffd)" here
+            raise _Fail("syntax error: missing '}'")
+        chs = ch
         if ch == "}":
             value, found = self.get_env(name)
             if not found and self.lex.skip_unset:
