@@ -71,7 +71,8 @@ def test_comments_and_comments_inside_continuations() -> None:
 
 def test_line_continuations_keep_spacing() -> None:
     df = parse(
-        "FROM a\nRUN echo hello\\\n  world\\\n  goodnight  \\\n  moon\nRUN echo hello \\\ngoodbye\\\nfrog\n"
+        "FROM a\nRUN echo hello\\\n  world\\\n  goodnight  \\\n  moon\n"
+        "RUN echo hello \\\ngoodbye\\\nfrog\n"
     )
     assert df.instructions[1].args == ["echo hello  world  goodnight    moon"]
     assert df.instructions[2].args == ["echo hello goodbyefrog"]
@@ -117,7 +118,7 @@ def test_exec_and_shell_forms() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "CMD '[\"echo\", \"JSON in a string\"]'",
+        'CMD \'["echo", "JSON in a string"]\'',
         "CMD ['echo','single quotes are invalid JSON']",
         'CMD ["echo", "unterminated bracket"',
         'CMD ["echo", "unterminated string]',
