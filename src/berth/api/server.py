@@ -163,6 +163,7 @@ def add(app: web.Application, method: str, path: str, handler: Handler) -> None:
 
 def make_app(services_: Services) -> web.Application:
     from berth.api import container_ops, containers, execs, images, networks, volumes
+    from berth.api import archive as archive_routes
     from berth.api import system as system_routes
 
     app = web.Application(
@@ -176,4 +177,5 @@ def make_app(services_: Services) -> web.Application:
     container_ops.register(app)
     volumes.register(app)
     networks.register(app)
+    archive_routes.register(app)
     return app
