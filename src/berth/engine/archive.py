@@ -422,6 +422,10 @@ class _Extractor:
     def run(self, stream: BinaryIO) -> None:
         try:
             tar = tarfile.open(fileobj=stream, mode="r|*")  # noqa: SIM115
+        except tarfile.ReadError as exc:
+            if str(exc) == "empty file":
+                return  # nothing to extract (Docker: EOF before a header is fine)
+            raise InvalidArgument(f"cannot read the archive: {exc}") from None
         except tarfile.TarError as exc:
             raise InvalidArgument(f"cannot read the archive: {exc}") from None
         with tar:
