@@ -304,7 +304,7 @@ class ContainerFS:
                     continue
                 name = names.pop()
                 child_c = top_c.rstrip("/") + "/" + name
-                child_arc = top_arc.rstrip("/") + "/" + name if top_arc != "." else name
+                child_arc = top_arc.rstrip("/") + "/" + name
                 mount = self.mounts.get(child_c)
                 try:
                     if mount is not None:
