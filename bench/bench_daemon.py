@@ -85,7 +85,12 @@ def log(msg: str) -> None:
 
 
 def _last_line(data: bytes) -> str:
-    lines = data.decode(errors="replace").strip().splitlines()
+    """The message of a failed command: its last line, skipping the docker CLI's hints."""
+    lines = [
+        line
+        for line in data.decode(errors="replace").strip().splitlines()
+        if line.strip() and not line.startswith(("Run '", "See '"))
+    ]
     return lines[-1][:300] if lines else ""
 
 
@@ -98,7 +103,7 @@ def run(argv: list[str], env: dict[str, str], timeout: float = 300) -> str:
     except FileNotFoundError as e:
         raise Unavailable(f"{argv[0]} is not installed") from e
     except subprocess.TimeoutExpired as e:
-        raise CommandFailed(f"{' '.join(argv[:4])}: timed out after {timeout:.0f} s") from e
+        raise CommandFailed(f"{_short(argv)}: timed out after {timeout:.0f} s") from e
     if p.returncode:
         raise CommandFailed(f"{_short(argv)}: exit {p.returncode}: {_last_line(p.stderr)}")
     return p.stdout.decode(errors="replace")
@@ -110,12 +115,15 @@ def _short(argv: list[str]) -> str:
     return " ".join(words)
 
 
-def timed(argv: list[str], env: dict[str, str], timeout: float = 120) -> tuple[float, str]:
+def timed(argv: list[str], env: dict[str, str], timeout: float = 60) -> tuple[float, str]:
     """Wall time of one command, start to exit, and its stdout; CommandFailed on failure."""
     start = time.perf_counter()
-    p = subprocess.run(
-        argv, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=timeout
-    )
+    try:
+        p = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as e:
+        raise CommandFailed(f"{_short(argv)}: timed out after {timeout:.0f} s") from e
     elapsed = time.perf_counter() - start
     if p.returncode:
         raise CommandFailed(f"{_short(argv)}: exit {p.returncode}: {_last_line(p.stderr)}")
@@ -310,20 +318,19 @@ def pids_referencing(path: str) -> list[tuple[int, str]]:
     return found
 
 
-def engine_cgroups() -> set[str]:
-    """The cgroup directories dockerd and podman make (``/docker``, ``/libpod_parent``)
-    and leave behind; those new since the start are this run's, removed at the end.
-    berthd's (``/berth/<id>``) are removed by its monitor."""
-    found: set[str] = set()
-    root = "/sys/fs/cgroup"
-    with contextlib.suppress(OSError):
-        for hierarchy in os.listdir(root):
-            for top in ("docker", "libpod_parent"):
-                base = os.path.join(root, hierarchy, top)
-                for path, dirs, _ in os.walk(base):
-                    found.add(path)
-                    found.update(os.path.join(path, d) for d in dirs)
-    return found
+DOCKER_CGROUPS = "/sys/fs/cgroup/*/docker"
+PODMAN_BRIDGE = "cni-podman0"  # podman's default CNI network (only with --podman-network)
+
+
+def docker_cgroup_parents() -> list[str]:
+    """dockerd's parent cgroup in each hierarchy (``/docker``), made at its first container."""
+    import glob
+
+    return glob.glob(DOCKER_CGROUPS)
+
+
+def other_dockerd_running(mine: int) -> bool:
+    return any(_exe_name(pid) == "dockerd" and pid != mine for pid in all_pids())
 
 
 # --------------------------------------------------------------------------- engines
@@ -507,6 +514,25 @@ class Berth(Engine):
                     os.kill(monitor, signal.SIGKILL)
                 wait_gone(monitor, 5)
             self.monitor = 0
+
+    def network_leftovers(self) -> list[str]:
+        """berthd removes its bridge and nftables tables when it stops with no container
+        running; anything of this daemon's left (names from its exec root) is removed."""
+        import hashlib
+
+        digest = hashlib.sha256(os.path.abspath(self.exec_root).encode()).hexdigest()[:6]
+        found = []
+        bridge = f"berth{digest}"
+        if os.path.exists(f"/sys/class/net/{bridge}"):
+            found.append(f"left by berthd, removed: bridge {bridge}")
+            subprocess.run(["ip", "link", "delete", bridge], capture_output=True)
+        with contextlib.suppress(OSError, CommandFailed, Unavailable):
+            for line in run(["nft", "list", "tables"], dict(os.environ)).splitlines():
+                words = line.split()
+                if len(words) == 3 and words[2].startswith(f"berth-{digest}"):
+                    found.append(f"left by berthd, removed: nftables {words[1]} {words[2]}")
+                    subprocess.run(["nft", "delete", "table", words[1], words[2]])
+        return found
 
 
 class Docker(Engine):
@@ -704,7 +730,8 @@ class Bench:
         self.many: dict[str, ManyResult] = {}
         self.notes: list[str] = []
         self.exec_name = f"bbd-exec-{os.getpid()}"
-        self.cgroups_before = engine_cgroups()
+        self.docker_cgroups_before = bool(docker_cgroup_parents())
+        self.podman_bridge_before = os.path.exists(f"/sys/class/net/{PODMAN_BRIDGE}")
 
     # ---- set-up ------------------------------------------------------------------------
 
@@ -745,14 +772,14 @@ class Bench:
         probe = ["sh", "-c", "echo ok-$((40+2))"]
         for c in self.contenders(["run", "--rm", "--network", "none", IMAGE, *probe]):
             try:
-                got = run(c.argv, c.env).strip()
+                got = run(c.argv, c.env, timeout=60).strip()
             except CommandFailed as e:
                 got = f"failed: {e}"
             if got != "ok-42":
                 self.notes.append(f"WARNING: {c.label} run printed {got[:100]!r}, not 'ok-42'")
         for c in self.contenders(["run", "--rm", IMAGE, "ls", "/sys/class/net"], False):
             with contextlib.suppress(CommandFailed):
-                nets = " ".join(run(c.argv, c.env).split())
+                nets = " ".join(run(c.argv, c.env, timeout=60).split())
                 self.notes.append(f"default network of {c.label}: interfaces {nets}")
 
     def drop(self, name: str, reason: str) -> None:
@@ -792,7 +819,7 @@ class Bench:
             for c in list(live):
                 try:
                     timed(c.argv, c.env)
-                except (CommandFailed, subprocess.TimeoutExpired) as e:
+                except CommandFailed as e:
                     results[c.label].unavailable = f"failed in warm-up {w + 1}: {e}"
                     log(f"  {c.label}: unavailable: {e}")
                     live.remove(c)
@@ -807,7 +834,7 @@ class Bench:
                     elapsed, _ = timed(c.argv, c.env)
                     s.samples.append(elapsed)
                     streak[c.label] = 0
-                except (CommandFailed, subprocess.TimeoutExpired) as e:
+                except CommandFailed as e:
                     s.failures.append(str(e))
                     streak[c.label] += 1
                     log(f"  {c.label}: round {r + 1} failed: {e}")
@@ -857,7 +884,7 @@ class Bench:
                     elapsed, out = timed(argv, env)
                     res.start_s.append(elapsed)
                     ids[name].append(out.strip())
-                except (CommandFailed, subprocess.TimeoutExpired) as e:
+                except CommandFailed as e:
                     res.error = f"container {i + 1}: {e}"
                     log(f"  {name}: {res.error}")
             if (i + 1) % 10 == 0:
@@ -919,11 +946,23 @@ class Bench:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
-        for path in sorted(engine_cgroups() - self.cgroups_before, key=len, reverse=True):
-            try:
-                os.rmdir(path)
-            except OSError as e:
-                problems.append(f"cgroup left: {path}: {e.strerror}")
+        berth = self.engines.get("berth")
+        if isinstance(berth, Berth):
+            problems += berth.network_leftovers()
+        if (
+            self.args.podman_network
+            and not self.podman_bridge_before
+            and os.path.exists(f"/sys/class/net/{PODMAN_BRIDGE}")
+        ):
+            subprocess.run(["ip", "link", "delete", PODMAN_BRIDGE], capture_output=True)
+        # The empty /docker parents our dockerd made: only if none existed before and no
+        # other dockerd runs now (a parent with anything in it refuses rmdir anyway).
+        if not self.docker_cgroups_before and not other_dockerd_running(0):
+            for path in docker_cgroup_parents():
+                try:
+                    os.rmdir(path)
+                except OSError as e:
+                    problems.append(f"cgroup left: {path}: {e.strerror}")
         for d in dirs:
             unmount_under(d)
             shutil.rmtree(d, ignore_errors=True)
