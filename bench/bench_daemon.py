@@ -320,6 +320,7 @@ def pids_referencing(path: str) -> list[tuple[int, str]]:
 
 DOCKER_CGROUPS = "/sys/fs/cgroup/*/docker"
 PODMAN_BRIDGE = "cni-podman0"  # podman's default CNI network (only with --podman-network)
+CNI_STATE = "/var/lib/cni"  # the CNI plugins' IPAM state
 
 
 def docker_cgroup_parents() -> list[str]:
@@ -331,6 +332,44 @@ def docker_cgroup_parents() -> list[str]:
 
 def other_dockerd_running(mine: int) -> bool:
     return any(_exe_name(pid) == "dockerd" and pid != mine for pid in all_pids())
+
+
+def podman_network_state() -> dict[str, bool]:
+    """What podman's default CNI network leaves on the host, and whether it is there now."""
+    chains = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        chains = subprocess.run(["iptables", "-S"], capture_output=True, timeout=30).stdout.decode()
+    return {
+        "bridge": os.path.exists(f"/sys/class/net/{PODMAN_BRIDGE}"),
+        "chains": "-N CNI-FORWARD" in chains,
+        "state": os.path.exists(CNI_STATE),
+    }
+
+
+def undo_podman_network(before: dict[str, bool]) -> list[str]:
+    """Remove what podman's CNI plugins made during this run (its bridge, the firewall
+    plugin's CNI-FORWARD/CNI-ADMIN chains, /var/lib/cni), never what was there before."""
+    now = podman_network_state()
+    done = []
+    if now["bridge"] and not before["bridge"]:
+        subprocess.run(["ip", "link", "delete", PODMAN_BRIDGE], capture_output=True)
+        done.append(PODMAN_BRIDGE)
+    if now["chains"] and not before["chains"]:
+        comment = ["-m", "comment", "--comment", "CNI firewall plugin rules"]
+        subprocess.run(["iptables", "-D", "FORWARD", *comment, "-j", "CNI-FORWARD"])
+        for chain in ("CNI-FORWARD", "CNI-ADMIN"):
+            subprocess.run(["iptables", "-F", chain], capture_output=True)
+        for chain in ("CNI-FORWARD", "CNI-ADMIN"):
+            subprocess.run(["iptables", "-X", chain], capture_output=True)
+        done.append("iptables CNI-FORWARD, CNI-ADMIN")
+    if now["state"] and not before["state"]:
+        shutil.rmtree(CNI_STATE, ignore_errors=True)
+        done.append(CNI_STATE)
+    left = podman_network_state()
+    problems = [f"podman network {k} left" for k, v in left.items() if v and not before[k]]
+    if done:
+        log(f"podman's default network: removed {', '.join(done)}")
+    return problems
 
 
 # --------------------------------------------------------------------------- engines
@@ -731,7 +770,7 @@ class Bench:
         self.notes: list[str] = []
         self.exec_name = f"bbd-exec-{os.getpid()}"
         self.docker_cgroups_before = bool(docker_cgroup_parents())
-        self.podman_bridge_before = os.path.exists(f"/sys/class/net/{PODMAN_BRIDGE}")
+        self.podman_net_before = podman_network_state()
 
     # ---- set-up ------------------------------------------------------------------------
 
@@ -777,7 +816,8 @@ class Bench:
                 got = f"failed: {e}"
             if got != "ok-42":
                 self.notes.append(f"WARNING: {c.label} run printed {got[:100]!r}, not 'ok-42'")
-        for c in self.contenders(["run", "--rm", IMAGE, "ls", "/sys/class/net"], False):
+        default = ["run", "--rm", IMAGE, "ls", "/sys/class/net"]
+        for c in self.contenders(default, self.args.podman_network):
             with contextlib.suppress(CommandFailed):
                 nets = " ".join(run(c.argv, c.env, timeout=60).split())
                 self.notes.append(f"default network of {c.label}: interfaces {nets}")
@@ -949,12 +989,8 @@ class Bench:
         berth = self.engines.get("berth")
         if isinstance(berth, Berth):
             problems += berth.network_leftovers()
-        if (
-            self.args.podman_network
-            and not self.podman_bridge_before
-            and os.path.exists(f"/sys/class/net/{PODMAN_BRIDGE}")
-        ):
-            subprocess.run(["ip", "link", "delete", PODMAN_BRIDGE], capture_output=True)
+        if self.args.podman_network:
+            problems += undo_podman_network(self.podman_net_before)
         # The empty /docker parents our dockerd made: only if none existed before and no
         # other dockerd runs now (a parent with anything in it refuses rmdir anyway).
         if not self.docker_cgroups_before and not other_dockerd_running(0):
