@@ -330,6 +330,12 @@ def _export(p: argparse.ArgumentParser) -> None:
     p.add_argument("container", metavar="CONTAINER")
 
 
+def _build(p: argparse.ArgumentParser) -> None:
+    from berth.cli.build_cmd import arguments
+
+    arguments(p)
+
+
 def _commit(p: argparse.ArgumentParser) -> None:
     p.add_argument("-a", "--author", metavar="AUTHOR")
     p.add_argument("-m", "--message", metavar="MESSAGE")
@@ -434,6 +440,7 @@ VERBS: dict[str, tuple[str, str, Builder, str]] = {
     "diff": ("archive_cmds", "diff", _one_container, "changes to a container's files"),
     "export": ("archive_cmds", "export", _export, "a container's filesystem as a tar"),
     "commit": ("archive_cmds", "commit", _commit, "a new image from a container's changes"),
+    "build": ("build_cmd", "build", _build, "build an image from a Dockerfile"),
     "version": ("commands", "version", _format_only, "client and daemon versions"),
     "info": ("commands", "info", _format_only, "system-wide information"),
     "events": ("system_cmds", "events", _events, "stream the daemon's events"),
