@@ -810,7 +810,8 @@ class Builder:
         """The source entries (relative path, lstat) of COPY/ADD, globs expanded."""
         out: list[tuple[str, os.stat_result]] = []
         for src in sources:
-            rel = clean_rel(src)
+            normal = posixpath.normpath(src.lstrip("/") or ".")
+            rel = None if normal == ".." or normal.startswith("../") else clean_rel(src)
             if rel is None:
                 raise BuildFailed(f"Forbidden path outside the build context: {src} ()")
             if _has_glob(rel):
