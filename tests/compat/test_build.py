@@ -121,7 +121,8 @@ def test_multi_step_build_sets_the_config(cli: CLI, daemon: Daemon, tmp_path: Pa
                     "ENV GREETING=hello NAME=world",
                     "LABEL org.example.a=1 b=two",
                     "COPY app.txt /srv/",
-                    'RUN echo "$GREETING $NAME" > /srv/greeting && echo app:x:1234:1234::/srv:/bin/sh >> /etc/passwd',
+                    'RUN echo "$GREETING $NAME" > /srv/greeting'
+                    " && echo app:x:1234:1234::/srv:/bin/sh >> /etc/passwd",
                     "WORKDIR /srv/work",
                     "USER app",
                     "EXPOSE 8080 53/udp",

@@ -204,7 +204,7 @@ async def build(request: web.Request) -> web.StreamResponse:
     await asyncio.gather(task, return_exceptions=True)
     for image in built:
         for tag in options.tags:
-            svc.images._image_event("tag", image.id, image, tag)  # noqa: SLF001
+            svc.images._image_event("tag", image.id, image, tag)
     await response.write_eof()
     return response
 

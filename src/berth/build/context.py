@@ -55,7 +55,7 @@ class Context:
         source = PrefixedStream(head, stream)
         dirs: list[tuple[str, int, float]] = []
         try:
-            with tarfile.open(fileobj=source, mode="r|*") as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=source, mode="r|*") as tar:
                 for member in tar:
                     self._member(tar, member, dirs)
         except (tarfile.TarError, EOFError, OSError) as exc:

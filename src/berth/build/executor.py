@@ -751,10 +751,7 @@ class Builder:
                     f"When using {ins.cmd} with more than one source file, the destination must"
                     " be a directory and end with a /"
                 )
-            if source_from:
-                content = f"from={source_id}"
-            else:
-                content = self._content_hash(source_root, infos)
+            content = f"from={source_id}" if source_from else self._content_hash(source_root, infos)
             heredoc_hash = hashlib.sha256(
                 json.dumps([[d.name, d.data] for d in step.heredocs]).encode()
             ).hexdigest()
@@ -780,9 +777,13 @@ class Builder:
                         _copy_tree(src_path, target, rootfs, uid, gid, chmod)
                         continue
                     name = posixpath.basename(rel) if rel else posixpath.basename(source_root)
-                    if is_add and stat.S_ISREG(st.st_mode) and not source_from:
-                        if _extract_archive(src_path, rootfs, dest_abs, uid, gid):
-                            continue
+                    if (
+                        is_add
+                        and stat.S_ISREG(st.st_mode)
+                        and not source_from
+                        and _extract_archive(src_path, rootfs, dest_abs, uid, gid)
+                    ):
+                        continue
                     target_path = dest_abs
                     existing = secure_join(rootfs, dest_abs)
                     if dest_is_dir or os.path.isdir(existing):
@@ -914,7 +915,8 @@ class Builder:
                 if for_workdir:
                     return 0, 0
                 raise BuildFailed(
-                    f"unable to convert uid/gid chown string to host mapping: can't find uid for user {name}: no such user: {name}"
+                    "unable to convert uid/gid chown string to host mapping: can't find uid"
+                    f" for user {name}: no such user: {name}"
                 )
             uid, primary = int(entry[2]), int(entry[3])
         if for_workdir and not sep:
@@ -927,7 +929,8 @@ class Builder:
             if not sep:
                 return uid, uid if name.isdigit() else primary
             raise BuildFailed(
-                f"unable to convert uid/gid chown string to host mapping: can't find gid for group {group}: no such group: {group}"
+                "unable to convert uid/gid chown string to host mapping: can't find gid"
+                f" for group {group}: no such group: {group}"
             )
         return uid, found
 
@@ -1203,7 +1206,7 @@ def _extract_archive(src: str, rootfs: str, dest_abs: str, uid: int, gid: int) -
     from berth.runtime.rootfs import secure_join
 
     try:
-        tar = tarfile.open(src, "r:*")
+        tar = tarfile.open(src, "r:*")  # noqa: SIM115 - closed by the with below
     except (tarfile.TarError, OSError, EOFError):
         return False
     with tar:

@@ -165,8 +165,12 @@ def build(client: Client, args: Namespace) -> int:
         from urllib.parse import quote
 
         url += "".join(f"&t={quote(tag, safe='')}" for tag in args.tag)  # t repeats
-        response = client._exchange(  # noqa: SLF001
-            "POST", url, body, {"Content-Type": "application/x-tar"}, stream=True
+        response = client._exchange(
+            "POST",
+            url,
+            body,  # type: ignore[arg-type]  # a file is sent chunked, as load_images does
+            {"Content-Type": "application/x-tar"},
+            stream=True,
         )
         image_id = ""
         with response:
