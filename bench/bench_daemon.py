@@ -710,8 +710,17 @@ class Podman(Engine):
         return set()  # no daemon
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             run([*self.cli, "rm", "-a", "-f", "-v", "-t", "0"], self.env)
+        except (CommandFailed, Unavailable) as e:
+            log(f"podman: removing containers: {e}")
+        # conmon runs its exit command (``podman container cleanup``) after a container
+        # ends; give those a moment to finish rather than killing them half way
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (
+            pids_referencing(self.work) or pids_referencing(self.short)
+        ):
+            time.sleep(0.1)
 
 
 # --------------------------------------------------------------------------- measuring
