@@ -1,0 +1,278 @@
+"""Build speed, side by side in one run: berthd, Docker's legacy builder (a private
+dockerd) and ``podman build``, for a busybox Dockerfile with a COPY and three RUN steps.
+
+    sudo .venv/bin/python bench/bench_build.py [--rounds 5]
+
+For each engine: the cold build (``--no-cache``), the unchanged rebuild (every step
+cached) and the rebuild after one copied file changed (that COPY and the three RUN
+steps again). Each is the median of ``--rounds`` runs, timed around the CLI, all with
+``--network host``. The busybox image is Berth's bootstrapped one, saved from berthd
+and loaded into the others, so every engine builds on the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BIN = HERE.parent / ".venv" / "bin"
+DOCKERFILE = """FROM busybox
+COPY app/ /app/
+RUN echo one > /one
+RUN cat /app/* | wc -c > /size
+RUN echo three > /three
+"""
+
+
+def sh(argv: list[str], env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(argv, capture_output=True, env=env, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])}...: {result.stderr.decode()[-400:]}")
+    return result.stdout.decode()
+
+
+def wait(check: list[str], env: dict[str, str], proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while subprocess.run(check, capture_output=True, env=env).returncode != 0:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{check[0]} daemon did not start")
+        time.sleep(0.2)
+
+
+class Engine:
+    name = ""
+
+    def build(self, context: str, *flags: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class Berth(Engine):
+    name = "berth"
+
+    def __init__(self, work: str) -> None:
+        os.makedirs(work)
+        self.sock = f"{work}/berth.sock"
+        self.env = dict(os.environ, BERTH_HOST=f"unix://{self.sock}")
+        self.proc = subprocess.Popen(
+            [
+                str(BIN / "berthd"),
+                "-H",
+                f"unix://{self.sock}",
+                "--root",
+                f"{work}/root",
+                "--exec-root",
+                f"{work}/run",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(f"{work}/berthd.log", "wb"),  # noqa: SIM115
+            start_new_session=True,
+        )
+        wait([str(BIN / "berth"), "version"], self.env, self.proc)
+        sh(
+            [
+                "curl",
+                "-sf",
+                "-XPOST",
+                "--unix-socket",
+                self.sock,
+                "http://x/berth/images/bootstrap?name=busybox",
+            ]
+        )
+        self.busybox = f"{work}/busybox.tar"
+        sh(["docker", "-H", f"unix://{self.sock}", "save", "-o", self.busybox, "busybox"])
+
+    def build(self, context: str, *flags: str) -> None:
+        sh(
+            [
+                str(BIN / "berth"),
+                "build",
+                "-q",
+                "--network",
+                "host",
+                *flags,
+                "-t",
+                "bench",
+                context,
+            ],
+            self.env,
+        )
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+class BerthDockerCLI(Engine):
+    """The same berthd, driven by the docker CLI (Go, ~10 ms to start) instead of berth's."""
+
+    name = "berthd + docker CLI"
+
+    def __init__(self, berth: Berth) -> None:
+        self.env = dict(os.environ, DOCKER_HOST=f"unix://{berth.sock}", DOCKER_BUILDKIT="0")
+
+    def build(self, context: str, *flags: str) -> None:
+        sh(["docker", "build", "-q", "--network", "host", *flags, "-t", "bench", context], self.env)
+
+
+class Docker(Engine):
+    name = "docker (legacy builder)"
+
+    def __init__(self, work: str, busybox: str) -> None:
+        sock = f"{work}/docker.sock"
+        os.makedirs(f"{work}/cli")  # and work itself
+        Path(f"{work}/cli/config.json").write_text("{}")
+        self.env = dict(
+            os.environ,
+            DOCKER_HOST=f"unix://{sock}",
+            DOCKER_CONFIG=f"{work}/cli",
+            DOCKER_BUILDKIT="0",
+        )
+        self.proc = subprocess.Popen(
+            [
+                "dockerd",
+                f"--data-root={work}/data",
+                f"--exec-root={work}/exec",
+                f"--pidfile={work}/docker.pid",
+                f"--host=unix://{sock}",
+                "--iptables=false",
+                "--ip-masq=false",
+                "--bridge=none",
+                "--storage-driver=overlay2",
+                "--log-level=error",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(f"{work}/dockerd.log", "wb"),  # noqa: SIM115
+            start_new_session=True,
+        )
+        wait(["docker", "version"], self.env, self.proc)
+        sh(["docker", "load", "-i", busybox], self.env)
+
+    def build(self, context: str, *flags: str) -> None:
+        sh(["docker", "build", "-q", "--network", "host", *flags, "-t", "bench", context], self.env)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+class Podman(Engine):
+    name = "podman build"
+
+    def __init__(self, work: str, busybox: str) -> None:
+        short = tempfile.mkdtemp(prefix="pb-", dir="/tmp")
+        self.short = short
+        os.makedirs(f"{work}/tmp")
+        conf = f"{work}/containers.conf"
+        Path(conf).write_text('[engine]\nevents_logger = "none"\ncgroup_manager = "cgroupfs"\n')
+        self.env = dict(os.environ, CONTAINERS_CONF=conf)
+        self.base = [
+            "podman",
+            "--runtime=runc",
+            f"--root={work}/root",
+            f"--runroot={short}/run",
+            f"--tmpdir={work}/tmp",
+        ]
+        sh([*self.base, "load", "-i", busybox], self.env)
+
+    def build(self, context: str, *flags: str) -> None:
+        sh(
+            [
+                *self.base,
+                "build",
+                "-q",
+                "--network",
+                "host",
+                "--pull=never",
+                *flags,
+                "-t",
+                "bench",
+                context,
+            ],
+            self.env,
+        )
+
+    def close(self) -> None:
+        subprocess.run([*self.base, "system", "reset", "-f"], capture_output=True, env=self.env)
+        shutil.rmtree(self.short, ignore_errors=True)
+
+
+def make_context(root: Path) -> None:
+    (root / "app").mkdir(parents=True)
+    for i in range(20):
+        (root / "app" / f"file{i:02}.txt").write_text(f"file {i}\n" * 200)
+    (root / "Dockerfile").write_text(DOCKERFILE)
+
+
+def timed(action: object) -> float:
+    start = time.perf_counter()
+    action()  # type: ignore[operator]
+    return time.perf_counter() - start
+
+
+def measure(engine: Engine, context: Path, rounds: int) -> dict[str, float]:
+    results: dict[str, list[float]] = {"cold": [], "unchanged": [], "one file changed": []}
+    engine.build(str(context))  # warm-up: the base image's files in the page cache
+    for round_ in range(rounds):
+        results["cold"].append(timed(lambda: engine.build(str(context), "--no-cache")))
+        results["unchanged"].append(timed(lambda: engine.build(str(context))))
+        (context / "app" / "file07.txt").write_text(f"changed {engine.name} {round_}\n")
+        results["one file changed"].append(timed(lambda: engine.build(str(context))))
+    return {k: statistics.median(v) for k, v in results.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_build: needs root", file=sys.stderr)
+        return 2
+    work = tempfile.mkdtemp(prefix="berth-bench-build-", dir="/tmp")
+    engines: list[Engine] = []
+    table: list[tuple[str, dict[str, float]]] = []
+    try:
+        berth = Berth(f"{work}/berth")
+        engines.append(berth)
+        engines.append(BerthDockerCLI(berth))
+        for factory in (
+            lambda: Docker(f"{work}/docker", berth.busybox),
+            lambda: Podman(f"{work}/podman", berth.busybox),
+        ):
+            try:
+                engines.append(factory())
+            except (RuntimeError, FileNotFoundError) as exc:
+                print(f"skipped: {exc}", file=sys.stderr)
+        for engine in engines:
+            context = Path(work) / f"ctx-{engine.name.split()[0]}"
+            make_context(context)
+            try:
+                table.append((engine.name, measure(engine, context, args.rounds)))
+            except RuntimeError as exc:
+                print(f"{engine.name}: failed: {exc}", file=sys.stderr)
+    finally:
+        for engine in engines:
+            engine.close()
+        subprocess.run(["umount", "-R", f"{work}/docker/exec"], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{'engine':<26}{'cold':>10}{'unchanged':>12}{'1 file changed':>16}   (median s)")
+    for name, values in table:
+        print(
+            f"{name:<26}{values['cold']:>10.3f}{values['unchanged']:>12.3f}"
+            f"{values['one file changed']:>16.3f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
