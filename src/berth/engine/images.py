@@ -494,7 +494,7 @@ class ImageService:
         deleted: list[dict[str, str]] = []
         doomed: list[Image] = []
         for image in self.store.images():
-            if used.get(image.id) or self.store.in_use(image):
+            if used.get(image.id):  # by image ID: images may share their top layer
                 continue
             if dangling_only and _tags(image):
                 continue
