@@ -31,8 +31,8 @@ order rotating from round to round; ``--warmup`` rounds first, not counted):
    own processes: those live in another PID namespace); dockerd, containerd and the
    ``containerd-shim*`` processes of this run's containerd; podman's ``conmon``
    processes of this run. VmRSS from ``/proc/PID/status`` (PSS from ``smaps_rollup``
-   in the JSON). Idle RSS, measured right after start with the one image:
-   berthd + monitor against dockerd + containerd.
+   in the JSON). Idle RSS, read after berthd and dockerd are restarted with the one
+   image in their stores: berthd + monitor against dockerd + containerd.
 
 A contender that cannot run is reported as ``unavailable: reason``. Everything the run
 starts is stopped by PID; containers are removed, mounts under the work directories
@@ -242,11 +242,13 @@ class MemorySample:
     rss_kib: int
     pss_kib: int
     processes: dict[str, int]  # exe name -> count
+    rss_by_name: dict[str, int] = field(default_factory=dict)  # exe name -> KiB
 
     @classmethod
     def of(cls, pids: set[int]) -> MemorySample:
         rss = pss = 0
         names: dict[str, int] = {}
+        by_name: dict[str, int] = {}
         for pid in pids:
             r, p = memory_kib(pid)
             if r == 0:
@@ -257,7 +259,8 @@ class MemorySample:
             if name.startswith("python"):  # berthd and its monitor are both python
                 name = "berthd" if "berthd" in _cmdline(pid) else "berth-monitor"
             names[name] = names.get(name, 0) + 1
-        return cls(rss, pss, names)
+            by_name[name] = by_name.get(name, 0) + r
+        return cls(rss, pss, names, by_name)
 
 
 def wait_gone(pid: int, timeout: float) -> bool:
@@ -387,9 +390,32 @@ class Engine:
         self.since = ticks_now()
         self.cli: list[str] = ["docker"]  # the engine's docker-style CLI
         self.env: dict[str, str] = dict(os.environ)
+        self.daemon_argv: list[str] = []
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def engine_pids(self) -> set[int]:
         raise NotImplementedError
+
+    def _wait_ready(self) -> None:
+        pass
+
+    def restart(self) -> None:
+        """(Re)start the daemon; its containers, if any, outlive it (berthd) or not (dockerd)."""
+        if self.proc is not None:
+            stop_child(self.proc, timeout=60)
+        with open(os.path.join(self.work, f"{self.name}d.log"), "ab") as logf:
+            self.proc = subprocess.Popen(
+                self.daemon_argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=logf,
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
 
     def idle_pids(self) -> set[int]:
         return self.engine_pids()
@@ -438,19 +464,10 @@ class Berth(Engine):
         self.exec_root = os.path.join(work, "run")
         self.env = docker_cli_env(work, self.sock)
         self.berth_argv = [self.berth, "-H", f"unix://{self.sock}"]
-        self.proc: subprocess.Popen[bytes] | None = None
         self.monitor = 0
-        argv = [self.berthd, "--host", f"unix://{self.sock}", "--root", self.root]
-        argv += ["--exec-root", self.exec_root]
-        with open(os.path.join(work, "berthd.log"), "ab") as logf:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True
-            )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.close()
-            raise
+        self.daemon_argv = [self.berthd, "--host", f"unix://{self.sock}", "--root", self.root]
+        self.daemon_argv += ["--exec-root", self.exec_root]
+        self.restart()
 
     def request(self, method: str, path: str, timeout: float = 120) -> tuple[int, bytes]:
         conn = UnixHTTPConnection(self.sock, timeout)
@@ -581,7 +598,6 @@ class Docker(Engine):
 
     def __init__(self, work: str) -> None:
         super().__init__(work)
-        self.proc: subprocess.Popen[bytes] | None = None
         if shutil.which("dockerd") is None or shutil.which("docker") is None:
             raise Unavailable("dockerd or the docker CLI is not installed")
         self.sock = os.path.join(work, "docker.sock")
@@ -601,15 +617,8 @@ class Docker(Engine):
             "--storage-driver=overlay2",
             "--log-level=error",
         ]
-        with open(os.path.join(work, "dockerd.log"), "ab") as logf:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True
-            )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.close()
-            raise
+        self.daemon_argv = argv
+        self.restart()
 
     def _wait_ready(self) -> None:
         assert self.proc is not None
@@ -810,6 +819,13 @@ class Bench:
                     engine.load(tar)
                 except (CommandFailed, Unavailable) as e:
                     self.drop(name, f"load failed: {e}")
+        # idle: each daemon started afresh with the one image in its store
+        for name, engine in list(self.engines.items()):
+            if engine.daemon_argv:
+                try:
+                    engine.restart()
+                except Unavailable as e:
+                    self.drop(name, f"restart failed: {e}")
         time.sleep(1)  # let the daemons settle before the idle reading
         for name, engine in self.engines.items():
             self.idle[name] = MemorySample.of(engine.idle_pids())
@@ -1057,7 +1073,9 @@ class Bench:
                 continue
             idle = self.idle.get(name)
             idle_s = (
-                f"{idle.rss_kib / 1024:.1f} ({_procs(idle.processes)})"
+                f"{idle.rss_kib / 1024:.1f} ("
+                + " + ".join(f"{n} {k / 1024:.1f}" for n, k in sorted(idle.rss_by_name.items()))
+                + ")"
                 if idle and idle.processes
                 else "no daemon"
             )
@@ -1190,8 +1208,14 @@ class Bench:
 
     def as_json(self, machine: dict[str, Any]) -> dict[str, Any]:
         def mem(m: MemorySample | None) -> dict[str, Any] | None:
-            return None if m is None else {"rss_kib": m.rss_kib, "pss_kib": m.pss_kib,
-                                           "processes": m.processes}  # fmt: skip
+            if m is None:
+                return None
+            return {
+                "rss_kib": m.rss_kib,
+                "pss_kib": m.pss_kib,
+                "processes": m.processes,
+                "rss_kib_by_name": m.rss_by_name,
+            }
 
         return {
             "machine": machine,
