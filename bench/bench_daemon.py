@@ -1067,7 +1067,7 @@ class Bench:
         out("| engine | idle RSS MiB (processes) | N | start all N s | p50 start ms |"
             " RSS added MiB | per container MiB | running |")  # fmt: skip
         out("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for name in ENGINES:
+        for name in self.args.engines:
             if name in self.unavailable:
                 out(f"| {name} | unavailable: {self.unavailable[name]} | | | | | | |")
                 continue
