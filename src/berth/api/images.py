@@ -55,7 +55,7 @@ async def _stream(
         async for line in lines:
             await response.write(line)
         await response.write_eof()
-    except ConnectionResetError:  # the client went away: nobody to tell
+    except ConnectionError:  # the client went away: nobody to tell
         pass
     finally:
         closer = getattr(lines, "aclose", None)

@@ -667,6 +667,35 @@ def _label_match(labels: dict[str, str], wanted: str) -> bool:
     return not eq or labels[key] == value
 
 
+def _in_own_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """Run ``fn`` on a thread of its own: the other end of its pipe waits on the shared
+    pool, and a producer queued behind such waiters in that pool would never run."""
+    import threading
+
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.cancelled():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def main() -> None:
+        try:
+            result: T | None = fn()
+            error: BaseException | None = None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown)
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=main, name="berth-archive", daemon=True).start()
+    return future
+
+
 def _stream_from_thread(produce: Callable[[BinaryIO], None]) -> AsyncIterator[bytes]:
     """Run ``produce(out)`` on a worker thread, writing into a pipe, and yield what it
     writes. A reader that goes away closes the pipe, so the writer stops (EPIPE); a
@@ -683,7 +712,7 @@ def _stream_from_thread(produce: Callable[[BinaryIO], None]) -> AsyncIterator[by
             with os.fdopen(write_fd, "wb", buffering=CHUNK) as out:
                 produce(out)
 
-        task = asyncio.ensure_future(asyncio.to_thread(run))
+        task = _in_own_thread(run)
         try:
             while chunk := await asyncio.to_thread(reader.read, CHUNK):
                 yield chunk
@@ -714,7 +743,7 @@ async def _feed_thread(body: AsyncIterator[bytes], consume: Callable[[BinaryIO],
             written = os.write(write_fd, view)
             view = view[written:]
 
-    task = asyncio.ensure_future(asyncio.to_thread(run))
+    task = _in_own_thread(run)
     try:
         pending = bytearray()
         async for chunk in body:
