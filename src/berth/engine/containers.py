@@ -42,6 +42,7 @@ from berth.units import human_duration
 CREATED, RUNNING, EXITED, REMOVING = "created", "running", "exited", "removing"
 BUILTIN_RUNTIME = "berth-runtime"
 KNOWN_RUNTIMES = {"runc": "/usr/sbin/runc", "crun": "/usr/bin/crun"}
+OTHER_RUNTIMES_OCI_VERSION = "1.0.2"
 ZERO_TIME = "0001-01-01T00:00:00Z"
 _NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 _ADJECTIVES_TEXT = (
@@ -521,6 +522,33 @@ class ContainerService:
     # ---- start, stop, kill ---------------------------------------------------------------
 
     async def start(self, ref: str, *, by_policy: bool = False) -> None:
+        """Start; a start that fails records its error and exit code (127 not found, 126
+        not executable, 128 otherwise, as dockerd) and removes an AutoRemove container
+        (``docker run --rm`` waits for that)."""
+        try:
+            await self._start(ref, by_policy=by_policy)
+        except (NotModified, NotFound):
+            raise
+        except BerthError as exc:
+            container = self.get(ref)
+            message = str(exc)
+            lowered = message.lower()
+            code = 128
+            if "not found" in lowered or "no such file" in lowered:
+                code = 127
+            elif "permission denied" in lowered or "not executable" in lowered:
+                code = 126
+            async with self._lock(container.id):
+                record = self.db.get(container.id)
+                if record is not None and record["State"]["Status"] != RUNNING:
+                    record["State"].update(Error=message, ExitCode=code)
+                    self.db.update(container.id, record)
+            if container.spec.auto_remove and container.status != RUNNING:
+                with contextlib.suppress(BerthError):
+                    await self.remove(container.id, force=True, volumes=True)
+            raise
+
+    async def _start(self, ref: str, *, by_policy: bool = False) -> None:
         container = self.get(ref)
         if not by_policy:
             self.restarts.cancel(container.id)
@@ -548,6 +576,9 @@ class ContainerService:
                 extra_env=self._link_env(container),
             )
             config["annotations"] = {"org.berth.container.name": container.name}
+            runtime = self._runtime_of(spec)
+            if runtime["name"] != BUILTIN_RUNTIME:
+                config["ociVersion"] = OTHER_RUNTIMES_OCI_VERSION  # crun 1.8 wants 1.0.x
             tmp = os.path.join(bundle, "config.json.tmp")
             with open(tmp, "w") as f:
                 json.dump(config, f)
@@ -569,7 +600,7 @@ class ContainerService:
                     "log_max_files": spec.log_max_files,
                     "exit_file": self.exit_path(container.id),
                     "loopback_up": spec.network_mode != "host" and not netns_path,
-                    "runtime": self._runtime_of(spec),
+                    "runtime": runtime,
                 }
             )
             container.data.pop("ManuallyStopped", None)

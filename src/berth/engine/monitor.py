@@ -626,6 +626,7 @@ class Monitor:
         except BaseException:
             if log is not None:
                 log.close()
+            self._drop_pending(container_id)
             raise
         container = Container(container_id, started.pid, tty, log)
         container.runtime = runtime
@@ -647,9 +648,7 @@ class Monitor:
             except BerthError:
                 pass
             self._reap()
-            for waiting in self.pending.pop(container_id, []):  # attached for this start
-                waiting.closing = True
-                self._flush_conn(waiting)
+            self._drop_pending(container_id)
             raise
         self.containers[container_id] = container
         self.by_pid[started.pid] = container
@@ -665,6 +664,12 @@ class Monitor:
             if waiting.stdin and waiting.read_eof and waiting.close_stdin:
                 self._close_stdin(container)
         return {"pid": started.pid}
+
+    def _drop_pending(self, container_id: str) -> None:
+        """A start failed: clients attached for it are let go (docker run waits on them)."""
+        for waiting in self.pending.pop(container_id, []):
+            waiting.closing = True
+            self._flush_conn(waiting)
 
     def _with_pipes(
         self, open_stdin: bool, make: Callable[[], Started]
