@@ -38,6 +38,64 @@ def parse_bytes(text: str, flag: str) -> int:
     return int(number * 1024 ** ("bkmgtp".index(unit) if unit else 0))
 
 
+def _more_host_options(args: Namespace) -> dict[str, Any]:
+    """--init, --runtime, --cpuset-*, --group-add, --pid/--ipc/--uts, --log-driver/-opt,
+    --ulimit, --device, --shm-size as HostConfig fields (the daemon validates them)."""
+    host: dict[str, Any] = {}
+    if args.init:
+        host["Init"] = True
+    for flag, key in (
+        ("runtime", "Runtime"),
+        ("cpuset_cpus", "CpusetCpus"),
+        ("cpuset_mems", "CpusetMems"),
+        ("pid", "PidMode"),
+        ("ipc", "IpcMode"),
+        ("uts", "UTSMode"),
+    ):
+        if getattr(args, flag):
+            host[key] = getattr(args, flag)
+    if args.group_add:
+        host["GroupAdd"] = args.group_add
+    if args.log_driver or args.log_opt:
+        options = {}
+        for item in args.log_opt:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise UsageError(f"invalid --log-opt {item!r}: use KEY=VALUE")
+            options[key] = value
+        host["LogConfig"] = {"Type": args.log_driver or "", "Config": options}
+    ulimits = []
+    for item in args.ulimit:
+        name, sep, limits = item.partition("=")
+        soft, _, hard = limits.partition(":")
+        try:
+            ulimits.append({"Name": name, "Soft": int(soft), "Hard": int(hard or soft)})
+        except ValueError:
+            raise UsageError(f"invalid --ulimit {item!r}: use NAME=SOFT[:HARD]") from None
+        if not sep:
+            raise UsageError(f"invalid --ulimit {item!r}: use NAME=SOFT[:HARD]")
+    if ulimits:
+        host["Ulimits"] = ulimits
+    devices = []
+    for item in args.device:
+        parts = item.split(":")
+        permissions = parts[-1] if len(parts) > 1 and set(parts[-1]) <= set("rwm") else "rwm"
+        if len(parts) > 1 and parts[-1] == permissions:
+            parts = parts[:-1]
+        devices.append(
+            {
+                "PathOnHost": parts[0],
+                "PathInContainer": parts[1] if len(parts) > 1 else parts[0],
+                "CgroupPermissions": permissions,
+            }
+        )
+    if devices:
+        host["Devices"] = devices
+    if args.shm_size:
+        host["ShmSize"] = parse_bytes(args.shm_size, "--shm-size")
+    return host
+
+
 def _restart_policy(text: str) -> dict[str, Any]:
     name, _, count = text.partition(":")
     if name not in ("no", "always", "unless-stopped", "on-failure"):
@@ -135,6 +193,7 @@ def container_config(args: Namespace, *, detach: bool) -> dict[str, Any]:
         host["SecurityOpt"] = args.security_opt
     if args.restart:
         host["RestartPolicy"] = _restart_policy(args.restart)
+    host.update(_more_host_options(args))
     if host:
         config["HostConfig"] = host
     healthcheck = _healthcheck(args)
