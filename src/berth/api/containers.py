@@ -7,15 +7,8 @@ import json
 
 from aiohttp import web
 
-from berth.api.hijack import (
-    MULTIPLEXED_STREAM,
-    RAW_STREAM,
-    STDERR,
-    STDOUT,
-    frame,
-    hijack,
-    splice,
-)
+from berth.api.hijack import MULTIPLEXED_STREAM, RAW_STREAM, STDERR, STDOUT, frame
+from berth.api.hijack import attach as hijack_attach
 from berth.api.server import (
     add,
     json_body,
@@ -159,29 +152,6 @@ async def logs(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def attach(request: web.Request) -> web.StreamResponse:
-    service = services(request).containers
-    container, m_reader, m_writer = await service.attach(
-        _id(request),
-        stdin=qbool(request, "stdin"),
-        stdout=qbool(request, "stdout"),
-        stderr=qbool(request, "stderr"),
-    )
-    try:
-        client = await hijack(request, RAW_STREAM if container.spec.tty else MULTIPLEXED_STREAM)
-    except BaseException:
-        m_writer.close()
-        raise
-    service.publish(container, "attach")
-
-    try:
-        await splice(client, m_reader, m_writer)
-    finally:
-        m_writer.close()
-        client.close()
-    return client.response
-
-
 def register(app: web.Application) -> None:
     add(app, "POST", "/containers/create", create)
     add(app, "GET", "/containers/json", list_containers)
@@ -191,7 +161,7 @@ def register(app: web.Application) -> None:
     add(app, "POST", "/containers/{id}/kill", kill)
     add(app, "POST", "/containers/{id}/wait", wait)
     add(app, "POST", "/containers/{id}/resize", resize)
-    add(app, "POST", "/containers/{id}/attach", attach)
+    add(app, "POST", "/containers/{id}/attach", hijack_attach)
     add(app, "GET", "/containers/{id}/logs", logs)
     add(app, "POST", "/containers/{id}/update", update)
     add(app, "POST", "/containers/prune", prune)

@@ -266,6 +266,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
         if m_writer is not None:
             m_writer.close()
         raise
+    service.publish(container, "attach")
     if logs:
 
         async def send(name: str, data: bytes) -> bool:

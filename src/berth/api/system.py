@@ -34,6 +34,7 @@ async def info(request: web.Request) -> web.StreamResponse:
         images=len(s.images.store.images()),
         listeners=len(s.containers.events.subscribers),
     )
+    data.update(s.containers.runtime_info())
     return web.json_response(data)
 
 

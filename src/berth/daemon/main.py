@@ -191,6 +191,7 @@ async def serve(args: argparse.Namespace, listeners: list[Listen]) -> int:
     events = EventBus()
     events.bind(asyncio.get_running_loop())
     containers = ContainerService(root, exec_root, store, events)
+    containers.configure_runtimes(args.default_runtime, args.add_runtime)
     images = ImageService(store, args.insecure_registry, events)
 
     def images_in_use() -> dict[str, int]:
@@ -282,6 +283,19 @@ def build_parser(prog: str = "berthd") -> argparse.ArgumentParser:
     parser.add_argument("--tlscacert", metavar="FILE", help="CA that signs client certificates")
     parser.add_argument("--tlscert", metavar="FILE", help="the server's certificate")
     parser.add_argument("--tlskey", metavar="FILE", help="the server's private key")
+    parser.add_argument(
+        "--default-runtime",
+        default="",
+        metavar="NAME",
+        help="the OCI runtime of containers that name none (default: berth-runtime)",
+    )
+    parser.add_argument(
+        "--add-runtime",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="an OCI runtime with runc's command line, selectable with --runtime NAME",
+    )
     parser.add_argument(
         "--insecure-tcp",
         action="store_true",
