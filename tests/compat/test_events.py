@@ -79,9 +79,6 @@ def test_docker_events_filters_and_format(daemon: Daemon) -> None:
     assert "invalid filter 'colour'" in bad.stderr
 
 
-@pytest.mark.xfail(
-    reason="container events come from the container lifecycle's publish calls", strict=False
-)
 def test_docker_events_shows_a_container_lifecycle(daemon: Daemon) -> None:
     """create, start, die, destroy of ``docker run --rm`` (published by the container
     service)."""

@@ -269,6 +269,7 @@ class ContainerService:
                 exitCode=str(code),
                 execDuration=str(int(max(0.0, time.time() - started))) if started else "0",
             )
+            self.volumes.unmounted(container_id, container.spec)
             self._resolve(container_id, ("not-running", "next-exit"), code)
             self.health.stop(container_id)
             auto_remove = container.spec.auto_remove
@@ -616,6 +617,7 @@ class ContainerService:
                 FinishedAt=ZERO_TIME,
             )
             self.db.update(container.id, container.data)
+            self.volumes.mounted(container.id, container.spec)
             self.publish(container, "start")
             self.health.start(container.id)
 
