@@ -344,7 +344,11 @@ class Session:
                 self.stream.send(data)
                 if matcher is not None and matcher.feed(data)[1]:
                     self.detached = True
-                    return  # the daemon closes the stream; stdin stays open inside
+                    # As the docker CLI does, leave without waiting for the daemon to
+                    # close its side: the keys are queued before the shutdown, so the
+                    # daemon still detaches; the output loop sees the end and returns.
+                    self.stream.shutdown()
+                    return
         except OSError:
             pass
         finally:

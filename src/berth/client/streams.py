@@ -261,6 +261,15 @@ class HijackedStream:
         except OSError:
             pass
 
+    def shutdown(self) -> None:
+        """End both directions now: a reader blocked in :meth:`recv` (another thread)
+        wakes with the end of the stream (a detach, where the daemon may keep its side)."""
+        self._stdin_closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     def close(self) -> None:
         self.sock.close()
 
