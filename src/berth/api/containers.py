@@ -7,6 +7,7 @@ import json
 
 from aiohttp import web
 
+from berth.api import casing
 from berth.api.hijack import MULTIPLEXED_STREAM, RAW_STREAM, STDERR, STDOUT, frame
 from berth.api.hijack import attach as hijack_attach
 from berth.api.server import (
@@ -26,7 +27,7 @@ def _id(request: web.Request) -> str:
 
 
 async def create(request: web.Request) -> web.StreamResponse:
-    body = await json_body(request)
+    body = casing.container_body(await json_body(request))
     container_id, warnings = services(request).containers.create(body, request.query.get("name"))
     # Warnings stay in inspect: the CLI would print them on every run.
     del warnings
@@ -97,7 +98,7 @@ async def resize(request: web.Request) -> web.StreamResponse:
 
 
 async def update(request: web.Request) -> web.StreamResponse:
-    body = await json_body(request)
+    body = casing.host_config(await json_body(request))
     warnings = await services(request).containers.update(_id(request), body)
     return web.json_response({"Warnings": warnings})
 
