@@ -50,8 +50,14 @@ CONTAINER_GROUP = {
             "diff",
             "export",
             "commit",
+            "top",
+            "stats",
+            "rename",
+            "port",
+            "update",
         ]
     },
+    "prune": "container-prune",
 }
 IMAGE_GROUP = {
     "ls": "images",
@@ -77,7 +83,15 @@ SYSTEM_GROUP = {
     "events": "events",
     # "service" (berthd in the foreground) is handled in berth.cli.main
 }
-VOLUME_GROUP = {"prune": "volume-prune"}
+VOLUME_GROUP = {
+    "prune": "volume-prune",
+    "create": "volume-create",
+    "ls": "volume-ls",
+    "list": "volume-ls",
+    "inspect": "volume-inspect",
+    "rm": "volume-rm",
+    "remove": "volume-rm",
+}
 # group -> its table; verbs named "group-x" are reached only through their group
 GROUPS = {
     "container": CONTAINER_GROUP,
@@ -416,6 +430,17 @@ def _image_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE")
 
 
+def _builder(module: str, name: str) -> Builder:
+    """An argument builder kept in the verb's own module (imported only for that verb)."""
+
+    def build(p: argparse.ArgumentParser) -> None:
+        from importlib import import_module
+
+        getattr(import_module(f"berth.cli.{module}"), name)(p)
+
+    return build
+
+
 def _format_only(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--format", metavar="json|TEMPLATE")
 
@@ -460,6 +485,56 @@ VERBS: dict[str, tuple[str, str, Builder, str]] = {
     "system-df": ("system_cmds", "system_df", _system_df, "disk usage"),
     "system-prune": ("system_cmds", "system_prune", _system_prune, "remove unused data"),
     "volume-prune": ("system_cmds", "volume_prune", _volume_prune, "remove unused volumes"),
+    "top": (
+        "container_cmds",
+        "top",
+        _builder("container_cmds", "top_arguments"),
+        "a container's processes",
+    ),
+    "stats": (
+        "container_cmds",
+        "stats",
+        _builder("container_cmds", "stats_arguments"),
+        "containers' resource usage",
+    ),
+    "rename": (
+        "container_cmds",
+        "rename",
+        _builder("container_cmds", "rename_arguments"),
+        "rename a container",
+    ),
+    "port": (
+        "container_cmds",
+        "port",
+        _builder("container_cmds", "port_arguments"),
+        "a container's published ports",
+    ),
+    "update": (
+        "container_cmds",
+        "update",
+        _builder("container_cmds", "update_arguments"),
+        "change containers' resource limits and restart policy",
+    ),
+    "container-prune": (
+        "container_cmds",
+        "container_prune",
+        _builder("container_cmds", "prune_arguments"),
+        "remove stopped containers",
+    ),
+    "volume-create": (
+        "volume_cmds",
+        "create",
+        _builder("volume_cmds", "create_arguments"),
+        "create a volume",
+    ),
+    "volume-ls": ("volume_cmds", "ls", _builder("volume_cmds", "ls_arguments"), "list volumes"),
+    "volume-inspect": (
+        "volume_cmds",
+        "inspect",
+        _builder("volume_cmds", "inspect_arguments"),
+        "JSON of volumes",
+    ),
+    "volume-rm": ("volume_cmds", "rm", _builder("volume_cmds", "rm_arguments"), "remove volumes"),
 }
 
 
@@ -480,7 +555,7 @@ def usage() -> str:
         "            bootstrap NAME (busybox)",
         "  container containers: ls, run, create, start, stop, rm, logs, exec, ...",
         "  system    df, prune, info, events, service (berthd in the foreground)",
-        "  volume    prune",
+        "  volume    create, ls, inspect, rm, prune",
         "  runtime   the OCI runtime (the same as berth-runtime ARGS...)",
         "  registry  an OCI distribution registry: serve, gc",
         "",

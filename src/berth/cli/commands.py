@@ -293,7 +293,9 @@ def pull_image(client: Client, name: str, *, quiet: bool = False, out: Any = Non
 
         renderer = ProgressRenderer(stream)
     try:
-        for message in client.pull(repo, tag_):
+        from berth.cli.image_cmds import registry_auth
+
+        for message in client.pull(repo, tag_, auth=registry_auth(repo)):
             if renderer is not None:
                 renderer.feed(message)
     finally:

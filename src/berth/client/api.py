@@ -415,15 +415,15 @@ class Client:
         result = self.delete(f"/images/{_quote(name)}", params)
         return list(result or [])
 
-    def pull(self, name: str, tag: str | None = None) -> Iterator[dict[str, Any]]:
-        """Docker's JSON progress messages of a pull; an error message raises APIError."""
-        with self.stream(
-            "POST", "/images/create", params={"fromImage": name, "tag": tag}
-        ) as response:
-            for message in iter_json(response.read_chunk):
-                if message.get("error"):
-                    raise APIError(500, str(message["error"]))
-                yield message
+    def pull(
+        self, name: str, tag: str | None = None, *, auth: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Docker's JSON progress messages of a pull; an error message raises APIError.
+        ``auth``: the X-Registry-Auth value, as for :meth:`push`."""
+        headers = {"X-Registry-Auth": auth} if auth is not None else None
+        yield from self._json_stream(
+            "POST", "/images/create", {"fromImage": name, "tag": tag}, None, headers
+        )
 
     def bootstrap_image(self, name: str = "busybox") -> dict[str, Any]:
         """Berth's extension: make a base image locally (busybox; others if the daemon
@@ -742,6 +742,50 @@ class Client:
         from berth.client import archive
 
         return archive.commit(self, ref, repo, tag, **options)
+
+    # ---- top, stats, rename, update --------------------------------------------------------
+
+    def top(self, ref: str, ps_args: str | None = None) -> dict[str, Any]:
+        """``{"Titles": [...], "Processes": [[...], ...]}`` (``ps_args``: ps's options)."""
+        result: dict[str, Any] = self.get(f"/containers/{_quote(ref)}/top", {"ps_args": ps_args})
+        return result
+
+    def stats(self, ref: str) -> dict[str, Any]:
+        """One sample with ``precpu_stats`` (the daemon waits a sampling interval)."""
+        result: dict[str, Any] = self.get(f"/containers/{_quote(ref)}/stats", {"stream": False})
+        return result
+
+    def stats_stream(self, ref: str) -> Iterator[dict[str, Any]]:
+        """A sample per interval until the caller stops iterating or the container ends."""
+        path = f"/containers/{_quote(ref)}/stats"
+        with self.stream("GET", path, params={"stream": True}) as response:
+            yield from iter_json(response.read_chunk)
+
+    def rename(self, ref: str, name: str) -> None:
+        self.request("POST", f"/containers/{_quote(ref)}/rename", params={"name": name})
+
+    def update_container(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /containers/{id}/update``: ``{"Warnings": [...]}``."""
+        result = self.post(f"/containers/{_quote(ref)}/update", body)
+        return dict(result or {})
+
+    # ---- volumes ------------------------------------------------------------------------
+
+    def volumes(self, filters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        result = self.get("/volumes", {"filters": filters or None})
+        return list((result or {}).get("Volumes") or [])
+
+    def create_volume(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /volumes/create`` (Name, Driver, DriverOpts, Labels): the volume."""
+        result: dict[str, Any] = self.post("/volumes/create", body)
+        return result
+
+    def inspect_volume(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.get(f"/volumes/{_quote(name)}")
+        return result
+
+    def remove_volume(self, name: str, *, force: bool = False) -> None:
+        self.request("DELETE", f"/volumes/{_quote(name)}", params={"force": force or None})
 
     def _maybe_unsupported(self, what: str, ref: str, call: Any) -> Any:
         """``call()``; a 404 while the container exists means the route is missing."""

@@ -1,0 +1,177 @@
+"""``berth volume create/ls/inspect/rm`` (``prune`` is in system_cmds), printing what the
+docker CLI prints: ``ls`` sorted by name as docker sorts it (digits as numbers), its
+``--format`` fields, ``inspect`` as a JSON array of what was found."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from argparse import Namespace
+
+from berth.cli import format as fmt
+from berth.cli.app import EXIT_ERROR, UsageError, error
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # berth.client (http.client) loads in app._call, ssl blocked
+    from typing import Any
+
+    from berth.client import Client
+
+VOLUME_HEADERS = {
+    "Name": "VOLUME NAME",
+    "Driver": "DRIVER",
+    "Scope": "SCOPE",
+    "Mountpoint": "MOUNTPOINT",
+    "Labels": "LABELS",
+    "Links": "LINKS",
+    "Size": "SIZE",
+    "Group": "GROUP",
+    "Availability": "AVAILABILITY",
+    "Status": "STATUS",
+}
+
+
+# ---- argument builders (app.VERBS reaches them through app._builder) ----------------------
+
+
+def create_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", "--driver", default="local", metavar="DRIVER", help="local")
+    p.add_argument("-l", "--label", action="append", default=[], metavar="KEY[=VALUE]")
+    p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("name", nargs="?", metavar="NAME", help="a random name if not given")
+
+
+def ls_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="only names")
+    p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--format", metavar="json|table|TEMPLATE")
+
+
+def inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--format", metavar="TEMPLATE")
+    p.add_argument("names", nargs="+", metavar="VOLUME")
+
+
+def rm_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="no error for a missing volume")
+    p.add_argument("names", nargs="+", metavar="VOLUME")
+
+
+# ---- verbs --------------------------------------------------------------------------------
+
+
+def _pairs(items: list[str], flag: str, *, need_value: bool) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not key or (need_value and not sep):
+            raise UsageError(f"invalid {flag} {item!r}: use KEY=VALUE")
+        result[key] = value
+    return result
+
+
+def create(client: Client, args: Namespace) -> int:
+    body: dict[str, Any] = {
+        "Driver": args.driver,
+        "Labels": _pairs(args.label, "--label", need_value=False),
+        "DriverOpts": _pairs(args.opt, "--opt", need_value=True),
+    }
+    if args.name:
+        body["Name"] = args.name
+    result = client.create_volume(body)
+    print(result.get("Name", ""))
+    return 0
+
+
+def _natural(name: str) -> list[Any]:
+    """docker's sortorder.NaturalLess as a key: runs of digits compare as numbers."""
+    return [
+        (0, int(part), part) if part.isdigit() else (1, 0, part)
+        for part in re.split(r"(\d+)", name)
+    ]
+
+
+def volume_row(volume: dict[str, Any]) -> dict[str, str]:
+    """A volume as docker's volume formatter sees it (the fields of ``--format json``)."""
+    labels = volume.get("Labels") or {}
+    usage = volume.get("UsageData") or {}
+    size = usage.get("Size")
+    return {
+        "Availability": "N/A",
+        "Driver": str(volume.get("Driver") or ""),
+        "Group": "N/A",
+        "Labels": ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+        "Links": str(usage["RefCount"]) if "RefCount" in usage else "N/A",
+        "Mountpoint": str(volume.get("Mountpoint") or ""),
+        "Name": str(volume.get("Name") or ""),
+        "Scope": str(volume.get("Scope") or ""),
+        "Size": fmt.human_size(float(size)) if isinstance(size, int) and size >= 0 else "N/A",
+        "Status": "N/A",
+    }
+
+
+def ls(client: Client, args: Namespace) -> int:
+    from berth.cli.commands import _filters
+
+    volumes = client.volumes(filters=_filters(args.filter) or None)
+    volumes.sort(key=lambda v: _natural(str(v.get("Name") or "")))
+    if args.quiet:
+        sys.stdout.write("".join(f"{v.get('Name')}\n" for v in volumes))
+        return 0
+    rows = [volume_row(v) for v in volumes]
+    form = args.format
+    if form == "json":
+        for row in rows:
+            print(json.dumps(row, sort_keys=True, separators=(",", ":")))
+        return 0
+    if form and not form.startswith("table"):
+        sys.stdout.write("".join(fmt.render(form, row) + "\n" for row in rows))
+        return 0
+    template = (form or "")[len("table") :].strip() or "{{.Driver}}\t{{.Name}}"
+    names = fmt.template_fields(template)
+    table = [[VOLUME_HEADERS.get(n, n.upper()) for n in names]]
+    table += [fmt.render(template, row).split("\t") for row in rows]
+    sys.stdout.write(fmt.table(table))
+    return 0
+
+
+def inspect(client: Client, args: Namespace) -> int:
+    from berth.client import NotFoundError
+
+    found: list[dict[str, Any]] = []
+    failed = []
+    for name in args.names:
+        try:
+            found.append(client.inspect_volume(name))
+        except NotFoundError as exc:
+            failed.append(str(exc))
+    if args.format:
+        for item in found:
+            print(fmt.render(args.format, item))
+    else:
+        print(json.dumps(found, indent=4, sort_keys=True))  # docker's inspect re-encodes
+    for message in failed:
+        error(message)
+    return EXIT_ERROR if failed else 0
+
+
+def rm(client: Client, args: Namespace) -> int:
+    from berth.client import ClientError, NotFoundError
+
+    failed = False
+    for name in args.names:
+        try:
+            client.remove_volume(name, force=args.force)
+        except NotFoundError as exc:
+            if not args.force:
+                error(str(exc))
+                failed = True
+                continue
+        except ClientError as exc:
+            error(str(exc))
+            failed = True
+            continue
+        print(name, flush=True)
+    return EXIT_ERROR if failed else 0
