@@ -528,10 +528,13 @@ class ContainerService:
         (``docker run --rm`` waits for that)."""
         try:
             await self._start(ref, by_policy=by_policy)
-        except (NotModified, NotFound):
+        except NotModified:
             raise
         except BerthError as exc:
-            container = self.get(ref)
+            try:  # NotFound: the container, or a network it names (then AutoRemove applies)
+                container = self.get(ref)
+            except NotFound:
+                raise exc from None
             message = str(exc)
             lowered = message.lower()
             code = 128
