@@ -63,6 +63,23 @@ def _test_processes() -> set[int]:
     return pids
 
 
+_OUR_LINK = ("brth", "brn-", "berth")  # veths, user-network bridges, default bridges
+
+
+def _network_parts() -> set[str]:
+    """Berth's links on the host and its nftables tables (``link NAME``, ``nft FAMILY
+    NAME``); netns files are mounts, which ``_test_mounts`` covers."""
+    found = {f"link {n}" for n in os.listdir("/sys/class/net") if n.startswith(_OUR_LINK)}
+    nft = shutil.which("nft")
+    if nft:
+        listed = subprocess.run([nft, "list", "tables"], capture_output=True, text=True)
+        for line in listed.stdout.splitlines():
+            family_name = line.removeprefix("table ").strip()
+            if family_name.split(" ")[-1].startswith("berth"):
+                found.add(f"nft {family_name}")
+    return found
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _nothing_leaks() -> Iterator[None]:
     """After the whole suite: no cgroup, mount or process of the tests remains."""
@@ -71,6 +88,7 @@ def _nothing_leaks() -> Iterator[None]:
         return
     cgroups_before = _cgroup_dirs()
     mounts_before = _test_mounts()
+    network_before = _network_parts()
     yield
     leaked_cgroups = sorted(
         path
@@ -84,6 +102,8 @@ def _nothing_leaks() -> Iterator[None]:
     assert not leaked_cgroups, f"cgroups left behind: {leaked_cgroups[:10]}"
     assert not leaked_mounts, f"mounts left behind in the host namespace: {leaked_mounts[:10]}"
     assert not processes, f"container processes left behind: {sorted(processes)}"
+    leaked_network = sorted(_network_parts() - network_before)
+    assert not leaked_network, f"network parts left behind: {leaked_network[:10]}"
 
 
 @pytest.fixture(scope="session")

@@ -73,7 +73,11 @@ def ensure_bridge(name: str, gateway: str, prefixlen: int) -> None:
         found = ipr.link_lookup(ifname=name)
         if not found:
             try:
-                ipr.link("add", ifname=name, kind="bridge")
+                # a fixed MAC: a bridge otherwise takes the lowest of its ports' and changes
+                # it as veths come and go, which strands the containers' ARP entries for
+                # the gateway (a disconnect broke every other container's DNS)
+                mac = "02:42:" + ":".join(f"{b:02x}" for b in os.urandom(4))
+                ipr.link("add", ifname=name, kind="bridge", address=mac)
             except NetlinkError as exc:
                 raise SystemFailure(f"cannot create bridge {name}: {exc}") from None
             found = ipr.link_lookup(ifname=name)

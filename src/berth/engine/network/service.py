@@ -257,7 +257,7 @@ class NetworkService:
     # ---- lookups -----------------------------------------------------------------------
 
     def get(self, ref: str) -> dict[str, Any]:
-        found = self.db.find_network(ref)
+        found = self.db.find_network("bridge" if ref == "default" else ref)
         if not found:
             raise NotFound(f"network {ref} not found")
         if len(found) > 1:
@@ -303,21 +303,56 @@ class NetworkService:
         self.db.set_container(container_id, record)
         if mode in ("host", "none") or mode.startswith("container:"):
             return
-        primary = self.get(mode)
-        if primary["Driver"] != "bridge":
-            raise InvalidArgument(f"container cannot be connected to network {mode}")
-        given = {
-            self.get("bridge" if key == "default" else key)["Id"]: value or {}
-            for key, value in endpoints.items()
-        }
-        self._new_endpoint(container_id, name, primary, given.pop(primary["Id"], {}), 0)
-        for order, (network_id, config) in enumerate(given.items(), start=1):
-            network = self.db.network(network_id) or {}
-            if network.get("Driver") != "bridge":
-                raise InvalidArgument(
-                    f"container cannot be connected to network {network.get('Name')}"
-                )
+        # a network not known yet is looked up again at start, where an unknown one fails
+        # (dockerd's order: a 404 from create makes the docker CLI pull the image instead)
+        wanted: list[tuple[str, dict[str, Any]]] = [(mode, {})]
+        for key, value in endpoints.items():
+            if self._same_network(key, mode):
+                wanted[0] = (mode, value or {})
+            elif not any(self._same_network(key, k) for k, _ in wanted):
+                wanted.append((str(key), value or {}))
+        record["Unresolved"] = []
+        for order, (ref, config) in enumerate(wanted):
+            found = self.db.find_network("bridge" if ref == "default" else ref)
+            if not found:
+                record["Unresolved"].append({"Name": ref, "Config": config, "Order": order})
+                continue
+            network = self.get(ref)
+            if network["Driver"] != "bridge":
+                raise InvalidArgument(f"container cannot be connected to network {ref}")
             self._new_endpoint(container_id, name, network, config, order)
+        if record["Unresolved"]:
+            self.db.set_container(container_id, record)
+
+    def _same_network(self, a: str, b: str) -> bool:
+        """Two references (name, id, prefix, ``default``) to one known network, or equal."""
+        if a == b:
+            return True
+        try:
+            return bool(self.get(a)["Id"] == self.get(b)["Id"])
+        except (NotFound, InvalidArgument):
+            return False
+
+    def _resolve_pending(self, container: Container, record: dict[str, Any]) -> None:
+        """Networks named at create that did not exist then: they must now (or 404)."""
+        pending = record.get("Unresolved") or []
+        for item in pending:
+            network = self.get(item["Name"])
+            if network["Driver"] != "bridge":
+                raise InvalidArgument(f"container cannot be connected to network {item['Name']}")
+        for item in pending:
+            network = self.get(item["Name"])
+            if not any(
+                e["NetworkID"] == network["Id"]
+                for e in self.db.endpoints(container_id=container.id)
+            ):
+                self._new_endpoint(
+                    container.id, container.name, network, item["Config"], item["Order"]
+                )
+            if record["Mode"] == item["Name"]:
+                record["Mode"] = network["Name"]
+        record["Unresolved"] = []
+        self.db.set_container(container.id, record)
 
     def _new_endpoint(
         self,
@@ -382,6 +417,8 @@ class NetworkService:
                 return ""
             if mode.startswith("container:"):
                 return self._join(container, mode.partition(":")[2])
+            if record.get("Unresolved"):
+                self._resolve_pending(container, record)
             path = os.path.join(self.netns_dir, container.id)
             self._teardown_sync(container.id, apply=False)
             try:
@@ -532,26 +569,47 @@ class NetworkService:
             self._teardown_sync(container_id)
 
     def _teardown_sync(self, container_id: str, apply: bool = True) -> None:
+        """Every part that exists goes; an absent or stubborn part is logged, never
+        raised: this runs on failure paths and on exits, where an exception would
+        leave the rest behind (or stop the daemon)."""
         for sock in self._held.pop(container_id, []):
             sock.close()
-        record = self.db.container(container_id)
-        if record is None:
-            return
-        for endpoint in self.db.endpoints(container_id=container_id):
+        try:
+            record = self.db.container(container_id)
+        except Exception as exc:
+            _log(f"{container_id[:12]}: cannot read the network record: {exc}")
+            record = None
+        try:
+            endpoints = self.db.endpoints(container_id=container_id) if record else []
+        except Exception as exc:
+            _log(f"{container_id[:12]}: cannot read the endpoints: {exc}")
+            endpoints = []
+        for endpoint in endpoints:
             try:
                 links.delete_link(endpoint["Veth"])
             except Exception as exc:
                 _log(f"cannot delete {endpoint['Veth']}: {exc}")
-        netns.remove(os.path.join(self.netns_dir, container_id))
+        try:
+            netns.remove(os.path.join(self.netns_dir, container_id))
+        except Exception as exc:
+            _log(f"{container_id[:12]}: cannot remove the network namespace: {exc}")
+        if record is None:
+            return
         had_ports = bool((record.get("Runtime") or {}).get("Ports"))
-        self._set_runtime(container_id, {})
-        if apply and had_ports:
-            self._apply()
+        try:
+            self._set_runtime(container_id, {})
+            if apply and had_ports:
+                self._apply()
+        except Exception as exc:
+            _log(f"{container_id[:12]}: cannot update the rules: {exc}")
 
     def remove_container(self, container_id: str) -> None:
         """The container is removed (or its create failed): release everything."""
         self._teardown_sync(container_id)
-        self.db.forget_container(container_id)
+        try:
+            self.db.forget_container(container_id)
+        except Exception as exc:
+            _log(f"{container_id[:12]}: cannot forget the network record: {exc}")
 
     # ---- inspect data --------------------------------------------------------------------
 
