@@ -58,6 +58,13 @@ def test_docker_style_formatting() -> None:
     assert fmt.render('{{json .Config.Cmd}}|{{join .Config.Cmd ","}}', data) == (
         '["sh", "-c"]|sh,-c'
     )
+    # as Go templates: a missing key of a map, or a field of a null one, is <no value>
+    labelled = {"Labels": None, "Config": {"Labels": {"a": "1"}}}
+    assert fmt.render("{{.Labels.a}} {{.Config.Labels.b}} {{.Config.Labels.a}}", labelled) == (
+        "<no value> <no value> 1"
+    )
+    with pytest.raises(ValueError, match="can't evaluate field Nope"):
+        fmt.render("{{.Nope}}", data)
 
 
 def test_stream_decoders_take_any_split() -> None:

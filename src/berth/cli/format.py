@@ -101,7 +101,9 @@ def _lookup(data: Any, path: str) -> Any:
     if path in ("", "."):
         return data
     value = data
-    for part in path.lstrip(".").split("."):
+    for depth, part in enumerate(path.lstrip(".").split(".")):
+        if value is None:  # a field of a null map: Go prints <no value>
+            return None
         if isinstance(value, dict):
             if part in value:
                 value = value[part]
@@ -110,6 +112,8 @@ def _lookup(data: Any, path: str) -> Any:
             if part.lower() in lowered:
                 value = value[lowered[part.lower()]]
                 continue
+            if depth > 0:  # a missing key of a map (Labels, Options, ...): <no value>
+                return None
         raise ValueError(f"template: can't evaluate field {part}")
     return value
 
