@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from berth.api.server import add, json_body, qfilters, services
+from berth.api.server import add, error_response, json_body, qfilters, services
 from berth.engine.network.service import NetworkService
 from berth.errors import InvalidArgument
 
@@ -60,7 +60,15 @@ async def prune(request: web.Request) -> web.StreamResponse:
     return web.json_response({"NetworksDeleted": deleted})
 
 
+async def swarm_leave(request: web.Request) -> web.StreamResponse:
+    """No swarm here: dockerd's answer for a node outside one (docker-py's network tests
+    call ``leave_swarm(force=True)`` after each test and accept exactly this)."""
+    await request.read()
+    return error_response(503, "This node is not part of a swarm")
+
+
 def register(app: web.Application) -> None:
+    add(app, "POST", "/swarm/leave", swarm_leave)
     add(app, "POST", "/networks/create", create)
     add(app, "POST", "/networks/prune", prune)
     add(app, "GET", "/networks", list_networks)

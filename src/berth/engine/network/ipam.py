@@ -207,6 +207,7 @@ def allocate(ipam: dict[str, Any], used: set[str], wanted: str = "") -> str:
     subnet = ipaddress.IPv4Network(ipam["Subnet"])
     gateway = ipam.get("Gateway") or ""
     reserved = {str(subnet.network_address), str(subnet.broadcast_address), gateway}
+    reserved.update(str(a) for a in (ipam.get("AuxiliaryAddresses") or {}).values())
     if wanted:
         try:
             address = ipaddress.IPv4Address(wanted)

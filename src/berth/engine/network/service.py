@@ -393,6 +393,7 @@ class NetworkService:
             "IPAMConfig": ({k: v for k, v in ipam_config.items() if v} or None),
             "Links": config.get("Links") or None,
             "DriverOpts": config.get("DriverOpts") or None,
+            "MacConfig": str(config.get("MacAddress") or ""),  # shown while not running
             "Veth": veth_name(container_id, network["Id"]),
             "Order": order,
         }
@@ -737,7 +738,7 @@ class NetworkService:
             labels={str(k): str(v) for k, v in labels.items()},
             network_id=network_id,
         )
-        record["IPAM"]["Options"] = ipam_body.get("Options") or {}
+        record["IPAM"]["Options"] = ipam_body.get("Options")  # absent: null, as dockerd
         async with self._lock:
             self.db.add_network(record)
             try:
@@ -797,8 +798,17 @@ class NetworkService:
             if not ip_range.subnet_of(subnet):
                 raise InvalidArgument(f"IP range {ip_range} is not within subnet {subnet}")
             result["IPRange"] = str(ip_range)
-        if item.get("AuxiliaryAddresses"):
-            raise InvalidArgument("auxiliary addresses are not supported")
+        aux = item.get("AuxiliaryAddresses") or {}
+        if not isinstance(aux, dict):
+            raise InvalidArgument("AuxiliaryAddresses must be an object of name: address")
+        for key, value in aux.items():
+            try:
+                if ipaddress.IPv4Address(str(value)) not in subnet:
+                    raise InvalidArgument(f"auxiliary address {key}={value} is not in {subnet}")
+            except ValueError:
+                raise InvalidArgument(f"invalid auxiliary address {key}={value!r}") from None
+        if aux:  # held back from allocation (ipam.allocate)
+            result["AuxiliaryAddresses"] = {str(k): str(v) for k, v in aux.items()}
         return result
 
     async def _start_dns(self, network: dict[str, Any]) -> None:
@@ -822,6 +832,11 @@ class NetworkService:
             for e in self.db.endpoints(network_id=n["Id"])
             if e["IPAddress"] == client
         ]
+        for endpoint in asking:  # --link on a user network: an alias only its owner sees
+            for link in endpoint.get("Links") or []:
+                target, _, alias = str(link).partition(":")
+                if name == (alias or target).lower().lstrip("/"):
+                    name = target.lower().lstrip("/")
         network_ids = {e["NetworkID"] for e in asking}
         if not network_ids:
             network_ids = {nid for nid, listener in self._dns.items() if listener.address == client}
@@ -1053,7 +1068,7 @@ def _endpoint_view(
         "IPAMConfig": stored.get("IPAMConfig"),
         "Links": stored.get("Links"),
         "Aliases": stored.get("Aliases"),
-        "MacAddress": live.get("MacAddress", ""),
+        "MacAddress": live.get("MacAddress") or stored.get("MacConfig", ""),
         "DriverOpts": stored.get("DriverOpts"),
         "NetworkID": network_id,
         "EndpointID": live.get("EndpointID", ""),
