@@ -92,8 +92,20 @@ VOLUME_GROUP = {
     "rm": "volume-rm",
     "remove": "volume-rm",
 }
+NETWORK_GROUP = {
+    "create": "network-create",
+    "ls": "network-ls",
+    "list": "network-ls",
+    "inspect": "network-inspect",
+    "rm": "network-rm",
+    "remove": "network-rm",
+    "connect": "network-connect",
+    "disconnect": "network-disconnect",
+    "prune": "network-prune",
+}
 # group -> its table; verbs named "group-x" are reached only through their group
 GROUPS = {
+    "network": NETWORK_GROUP,
     "container": CONTAINER_GROUP,
     "image": IMAGE_GROUP,
     "system": SYSTEM_GROUP,
@@ -163,7 +175,8 @@ def _container_options(p: argparse.ArgumentParser, *, run: bool) -> None:
     p.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:OPTS]")
     p.add_argument("--entrypoint", metavar="CMD")
     p.add_argument("-h", "--hostname")
-    p.add_argument("--network", "--net", metavar="none|host", help="network mode")
+    p.add_argument("--network", "--net", metavar="NAME", help="bridge, none, host, a network")
+    _builder("network_cmds", "run_arguments")(p)
     p.add_argument("-m", "--memory", metavar="BYTES", help="memory limit (512m, 1g)")
     p.add_argument("--memory-swap", metavar="BYTES", help="memory plus swap (-1: unlimited)")
     p.add_argument("--pids-limit", type=int, metavar="N")
@@ -535,6 +548,23 @@ VERBS: dict[str, tuple[str, str, Builder, str]] = {
         "JSON of volumes",
     ),
     "volume-rm": ("volume_cmds", "rm", _builder("volume_cmds", "rm_arguments"), "remove volumes"),
+    **{
+        f"network-{verb}": (
+            "network_cmds",
+            verb,
+            _builder("network_cmds", f"{verb}_arguments"),
+            text,
+        )
+        for verb, text in (
+            ("create", "create a network"),
+            ("ls", "list networks"),
+            ("inspect", "JSON of networks"),
+            ("rm", "remove networks"),
+            ("connect", "connect a container to a network"),
+            ("disconnect", "disconnect a container from a network"),
+            ("prune", "remove unused networks"),
+        )
+    },
 }
 
 
@@ -556,6 +586,7 @@ def usage() -> str:
         "  container containers: ls, run, create, start, stop, rm, logs, exec, ...",
         "  system    df, prune, info, events, service (berthd in the foreground)",
         "  volume    create, ls, inspect, rm, prune",
+        "  network   create, ls, inspect, rm, connect, disconnect, prune",
         "  runtime   the OCI runtime (the same as berth-runtime ARGS...)",
         "  registry  an OCI distribution registry: serve, gc",
         "",

@@ -168,6 +168,9 @@ def container_config(args: Namespace, *, detach: bool) -> dict[str, Any]:
         host["AutoRemove"] = True
     if args.network:
         host["NetworkMode"] = args.network
+    from berth.cli.network_cmds import apply_run_options
+
+    apply_run_options(args, config, host)
     if args.memory:
         host["Memory"] = parse_bytes(args.memory, "--memory")
     if args.memory_swap:

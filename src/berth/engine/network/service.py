@@ -758,7 +758,7 @@ class NetworkService:
         )
         return {"Id": network_id, "Warning": ""}
 
-    def _subnet_config(self, configs: list[dict[str, Any]]) -> dict[str, str]:
+    def _subnet_config(self, configs: list[dict[str, Any]]) -> dict[str, Any]:
         v4 = []
         for item in configs:
             text = str(item.get("Subnet") or "")
@@ -789,7 +789,7 @@ class NetworkService:
                 raise InvalidArgument(f"gateway {gateway} is not in subnet {subnet}")
         except ValueError:
             raise InvalidArgument(f"invalid gateway {gateway!r}") from None
-        result = {"Subnet": str(subnet), "Gateway": gateway}
+        result: dict[str, Any] = {"Subnet": str(subnet), "Gateway": gateway}
         if item.get("IPRange"):
             try:
                 ip_range = ipaddress.IPv4Network(str(item["IPRange"]), strict=False)
