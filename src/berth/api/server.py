@@ -162,9 +162,9 @@ def add(app: web.Application, method: str, path: str, handler: Handler) -> None:
 
 
 def make_app(services_: Services) -> web.Application:
-    from berth.api import container_ops, containers, execs, images, networks, volumes
     from berth.api import archive as archive_routes
     from berth.api import build as build_routes
+    from berth.api import container_ops, containers, execs, images, networks, volumes
     from berth.api import system as system_routes
 
     app = web.Application(
