@@ -133,3 +133,16 @@ def test_debian_cache_makes_the_second_bootstrap_fast(debian: Debian, tmp_path: 
         assert (_top(other, image) / "usr/bin/apt-get").is_file()
     finally:
         other.close()
+
+
+def test_busybox_applet_links_resolve_inside_the_rootfs(tmp_path: Path) -> None:
+    """``/sbin/ip`` runs as a program of its own (not only as a shell builtin)."""
+    from berth.images import busybox_rootfs
+
+    root = tmp_path / "rootfs"
+    busybox_rootfs.build(str(root))
+    links = [p for p in root.rglob("*") if p.is_symlink()]
+    assert len(links) > 100
+    for link in links:
+        target = (link.parent / os.readlink(link)).resolve()
+        assert target == (root / "bin" / "busybox").resolve(), link

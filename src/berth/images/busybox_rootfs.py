@@ -12,6 +12,7 @@ import subprocess
 from berth.errors import NotFound
 
 BUSYBOX = "/bin/busybox"
+LAYOUT = 2  # bumped when build() changes, so an old cached rootfs is not reused
 DEFAULT_CACHE = os.path.join(
     os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "berth"
 )
@@ -58,8 +59,9 @@ def build(dest: str) -> None:
         if applet == "bin/busybox" or os.path.lexists(link):
             continue
         os.makedirs(os.path.dirname(link), exist_ok=True)
+        # relative, so the link works in the rootfs wherever it is: sbin/ip -> ../bin/busybox
         depth = applet.count("/")
-        os.symlink("../" * depth + "bin/busybox" if depth > 1 else "busybox", link)
+        os.symlink("busybox" if applet.startswith("bin/") else "../" * depth + "bin/busybox", link)
     for name, text in (("etc/passwd", PASSWD), ("etc/group", GROUP), ("etc/hostname", "berth\n")):
         with open(os.path.join(dest, name), "w") as f:
             f.write(text)
@@ -70,7 +72,7 @@ def cached(cache_dir: str = DEFAULT_CACHE) -> str:
 
     Treat it as read-only: copy it (``copy_to``) before a container writes to it.
     """
-    path = os.path.join(cache_dir, f"busybox-rootfs-{_busybox_digest()}")
+    path = os.path.join(cache_dir, f"busybox-rootfs-{LAYOUT}-{_busybox_digest()}")
     if os.path.isdir(path):
         return path
     os.makedirs(cache_dir, exist_ok=True)
