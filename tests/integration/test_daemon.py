@@ -297,7 +297,9 @@ def test_containers_outlive_the_daemon(daemon: Daemon) -> None:
     pid = daemon.inspect(survivor)["State"]["Pid"]
     monitor = daemon.monitor_pid()
     daemon.stop()
-    assert not daemon.mounts()  # the daemon unmounts the rootfs it mounted
+    # the daemon unmounts the rootfs it mounted; the network namespaces of containers
+    # that go on running stay bound (as dockerd's live-restore keeps them)
+    assert [m for m in daemon.mounts() if "/netns" not in m] == []
     time.sleep(1.0)  # `short` exits while no daemon runs
     assert _alive(pid)
     daemon.start()

@@ -562,6 +562,10 @@ class ContainerService:
                 raise NotModified(f"container {container.id} is already started")
             if container.status == REMOVING:
                 raise Conflict(f"container {container.id} is being removed")
+            if by_policy and container.data.get("ManuallyStopped"):
+                return  # stopped by hand while this restart waited for the lock
+            if not by_policy and container.data.pop("ManuallyStopped", None):
+                self.db.update(container.id, container.data)  # a start by hand forgives
             spec = container.spec
             self._mount(container.id)
             bundle = self.bundle(container.id)
@@ -607,7 +611,11 @@ class ContainerService:
                     "runtime": runtime,
                 }
             )
+            # a stop that came while this start awaited the monitor stays in force
+            current = self.db.get(container.id) or {}
             container.data.pop("ManuallyStopped", None)
+            if current.get("ManuallyStopped"):
+                container.data["ManuallyStopped"] = True
             container.state.update(
                 Status=RUNNING,
                 Running=True,
@@ -713,6 +721,8 @@ class ContainerService:
 
         container = self.get(ref)
         self.restarts.stopped_by_user(container.id)
+        async with self._lock(container.id):  # a start under way (a policy's) ends first
+            container = self.get(container.id)
         if container.status != RUNNING:
             raise NotModified(f"container {container.id} is not running")
         spec = container.spec
