@@ -389,7 +389,9 @@ class NetworkService:
             "Gateway": "" if network["Internal"] else subnet_config.get("Gateway", ""),
             "BridgeGateway": subnet_config.get("Gateway", ""),
             "MacAddress": mac,
-            "Aliases": ([*aliases, short] if user_defined else None),
+            # as dockerd since API 1.45: Aliases are the user's, DNSNames add name and short id
+            "Aliases": (aliases or None) if user_defined else None,
+            "DNSNames": ([short, *aliases] if user_defined else None),
             "IPAMConfig": ({k: v for k, v in ipam_config.items() if v} or None),
             "Links": config.get("Links") or None,
             "DriverOpts": config.get("DriverOpts") or None,
@@ -650,6 +652,8 @@ class NetworkService:
         for endpoint in self.db.endpoints(container_id=container.id):
             network = self.db.network(endpoint["NetworkID"]) or {"Name": endpoint["NetworkID"]}
             view = _endpoint_view(endpoint if running else None, endpoint["NetworkID"], endpoint)
+            if view["DNSNames"]:
+                view["DNSNames"] = [container.name, *view["DNSNames"]]
             result["Networks"][network["Name"]] = view
             if network["Name"] == "bridge" and running:
                 for key in ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress"):
@@ -1078,7 +1082,7 @@ def _endpoint_view(
         "IPv6Gateway": "",
         "GlobalIPv6Address": "",
         "GlobalIPv6PrefixLen": 0,
-        "DNSNames": (stored.get("Aliases") or None) if live else None,
+        "DNSNames": (stored.get("DNSNames") or None) if live else None,
     }
 
 
