@@ -4,6 +4,10 @@ Every function here blocks (netlink round trips, a few ms); the service calls th
 in a worker thread. A container's end of a veth pair is made directly inside its
 namespace (``peer.net_ns_fd``), so no interface ever appears on the host under the
 container's name.
+
+pyroute2 costs ~20 MiB of the daemon's memory, so it is imported on first use by a
+container; what the daemon does at start-up (its bridges, the host's routes, the
+names of links) goes through iproute2's ``ip`` and sysfs instead.
 """
 
 from __future__ import annotations
@@ -12,12 +16,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import json
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
-
-from pyroute2 import IPRoute  # type: ignore[import-untyped]
-from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
 from berth.errors import SystemFailure
 from berth.linux import syscalls as sc
@@ -25,6 +28,17 @@ from berth.linux import syscalls as sc
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 _pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="berth-netlink")
+
+
+def _ip(*args: str, check: bool = True) -> str:
+    """iproute2's ``ip``: one line of error, or its output."""
+    try:
+        done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        raise SystemFailure("the 'ip' command (iproute2) is not installed") from None
+    if check and done.returncode:
+        raise SystemFailure(f"ip {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
 
 
 def off_loop(func: Callable[_P, _T]) -> Callable[_P, _T]:
@@ -47,6 +61,8 @@ def _netns(path: str) -> Iterator[Any]:
     """IPRoute inside the namespace at ``path``: this thread steps in (setns) for the
     work and back. pyroute2's own ``netns=`` forks a helper whose SIGTERM
     would reach the daemon's asyncio wakeup fd and stop the daemon."""
+    from pyroute2 import IPRoute  # type: ignore[import-untyped]
+
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(path, os.O_RDONLY)
     try:
@@ -69,43 +85,32 @@ def _sysctl(path: str, value: str) -> None:
 @off_loop
 def ensure_bridge(name: str, gateway: str, prefixlen: int) -> None:
     """The bridge, up, with the gateway address (made or completed; idempotent)."""
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if not found:
-            try:
-                # a fixed MAC: a bridge otherwise takes the lowest of its ports' and changes
-                # it as veths come and go, which strands the containers' ARP entries for
-                # the gateway (a disconnect broke every other container's DNS)
-                mac = "02:42:" + ":".join(f"{b:02x}" for b in os.urandom(4))
-                ipr.link("add", ifname=name, kind="bridge", address=mac)
-            except NetlinkError as exc:
-                raise SystemFailure(f"cannot create bridge {name}: {exc}") from None
-            found = ipr.link_lookup(ifname=name)
-        index = found[0]
-        have = {
-            (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)
-        }
-        if gateway and (gateway, prefixlen) not in have:
-            with contextlib.suppress(NetlinkError):
-                ipr.addr("add", index=index, address=gateway, prefixlen=prefixlen)
-        ipr.link("set", index=index, state="up")
+    if not os.path.exists(f"/sys/class/net/{name}"):
+        # a fixed MAC: a bridge otherwise takes the lowest of its ports' and changes
+        # it as veths come and go, which strands the containers' ARP entries for
+        # the gateway (a disconnect broke every other container's DNS)
+        mac = "02:42:" + ":".join(f"{b:02x}" for b in os.urandom(4))
+        _ip("link", "add", "name", name, "address", mac, "type", "bridge")
+    have = {
+        (a.get("local"), a.get("prefixlen"))
+        for link in json.loads(_ip("-4", "-j", "addr", "show", "dev", name) or "[]")
+        for a in link.get("addr_info", [])
+    }
+    if gateway and (gateway, prefixlen) not in have:
+        _ip("addr", "add", f"{gateway}/{prefixlen}", "dev", name, check=False)
+    _ip("link", "set", "dev", name, "up")
     # loopback-published ports reach containers through this bridge (DNAT in output)
     _sysctl(f"net/ipv4/conf/{name}/route_localnet", "1")
     _sysctl("net/ipv4/ip_forward", "1")
 
 
-@off_loop
 def delete_link(name: str) -> None:
-    with IPRoute() as ipr:
-        for index in ipr.link_lookup(ifname=name):
-            with contextlib.suppress(NetlinkError):
-                ipr.link("del", index=index)
+    if os.path.exists(f"/sys/class/net/{name}"):
+        _ip("link", "del", "dev", name, check=False)
 
 
-@off_loop
 def link_names() -> list[str]:
-    with IPRoute() as ipr:
-        return [str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()]
+    return sorted(os.listdir("/sys/class/net"))
 
 
 @off_loop
@@ -128,6 +133,9 @@ def attach(
 ) -> None:
     """A veth pair: ``host_name`` on the bridge, ``ifname`` in the namespace with its
     address (and a default route through ``gateway`` when that is not empty)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
+
     fd = os.open(netns_path, os.O_RDONLY)
     try:
         with IPRoute() as ipr:
@@ -186,25 +194,27 @@ def free_ifname(netns_path: str) -> str:
 
 @off_loop
 def ensure_default_route(netns_path: str, gateway: str) -> None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
     with _netns(netns_path) as ns:
         if not _has_default(ns):
             with contextlib.suppress(NetlinkError):
                 ns.route("add", dst="0.0.0.0/0", gateway=gateway)
 
 
-@off_loop
 def host_routes(exclude: frozenset[str] = frozenset()) -> list[str]:
     """Destinations (CIDR) of the host's IPv4 routes and its addresses, but those of
     the interfaces in ``exclude`` (the daemon's own bridges)."""
     found: list[str] = []
-    with IPRoute() as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        skip = {index for index, name in names.items() if name in exclude}
-        for route in ipr.get_routes(family=2):
-            dst = route.get_attr("RTA_DST")
-            if dst and route["dst_len"] > 0 and route.get_attr("RTA_OIF") not in skip:
-                found.append(f"{dst}/{route['dst_len']}")
-        for addr in ipr.get_addr(family=2):
-            if addr["index"] not in skip:
-                found.append(f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}")
+    for route in json.loads(_ip("-4", "-j", "route", "show", "table", "all") or "[]"):
+        dst = str(route.get("dst", ""))
+        if route.get("dev") in exclude or route.get("type", "unicast") != "unicast":
+            continue
+        if dst and dst != "default" and "/" in dst:
+            found.append(dst)
+    for link in json.loads(_ip("-4", "-j", "addr", "show") or "[]"):
+        if link.get("ifname") in exclude:
+            continue
+        for a in link.get("addr_info", []):
+            found.append(f"{a['local']}/{a['prefixlen']}")
     return found
