@@ -11,10 +11,7 @@ The container is paused meanwhile unless ``pause`` is false.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import posixpath
-import shlex
 import stat
 import time
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -23,6 +20,7 @@ from berth.engine.archive import INIT_FILES
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound, SystemFailure
 from berth.images import layer as layers
 from berth.images import manifest as mf
+from berth.images.changes import apply_changes
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -37,112 +35,9 @@ _OCI_OF = {
     mf.DOCKER_LAYER_GZIP: mf.OCI_LAYER_GZIP,
     mf.DOCKER_LAYER_ZSTD: mf.OCI_LAYER_ZSTD,
 }
-_CHANGE_COMMANDS = (
-    "CMD",
-    "ENTRYPOINT",
-    "ENV",
-    "EXPOSE",
-    "LABEL",
-    "ONBUILD",
-    "STOPSIGNAL",
-    "USER",
-    "VOLUME",
-    "WORKDIR",
-)
 
 
 # ---- the config ----------------------------------------------------------------------------
-
-
-def _json_array(text: str) -> list[str] | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
-    return None
-
-
-def _pairs(instruction: str, text: str) -> list[tuple[str, str]]:
-    """``KEY=VALUE ...`` (shell quoting) or the legacy ``KEY VALUE`` of ENV and LABEL."""
-    try:
-        words = shlex.split(text)
-    except ValueError as exc:
-        raise InvalidArgument(f"{instruction} {text}: {exc}") from None
-    if not words:
-        raise InvalidArgument(f"{instruction} requires at least one argument")
-    if "=" not in words[0]:
-        key, _, value = text.strip().partition(" ")
-        if not value.strip():
-            raise InvalidArgument(f"{instruction} {key} needs a value")
-        return [(key, " ".join(shlex.split(value.strip())))]
-    pairs = []
-    for word in words:
-        key, eq, value = word.partition("=")
-        if not eq or not key:
-            raise InvalidArgument(f"{instruction}: {word!r} is not KEY=VALUE")
-        pairs.append((key, value))
-    return pairs
-
-
-def apply_changes(config: dict[str, Any], changes: list[str]) -> dict[str, Any]:
-    """Docker's ``commit --change``: Dockerfile instructions applied to ``config``."""
-    cmd_set = False
-    for change in changes:
-        for line in change.splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            word, _, rest = line.partition(" ")
-            instruction, rest = word.upper(), rest.strip()
-            if instruction not in _CHANGE_COMMANDS:
-                raise InvalidArgument(f"{word} is not a valid change command")
-            if instruction in ("CMD", "ENTRYPOINT"):
-                form = _json_array(rest)
-                args = form if form is not None else ["/bin/sh", "-c", rest]
-                config["Cmd" if instruction == "CMD" else "Entrypoint"] = args
-                if instruction == "CMD":
-                    cmd_set = True
-                elif not cmd_set:
-                    config["Cmd"] = None  # a new entrypoint drops the old command
-            elif instruction == "ENV":
-                env = list(config.get("Env") or [])
-                for key, value in _pairs("ENV", rest):
-                    env = [e for e in env if e.partition("=")[0] != key] + [f"{key}={value}"]
-                config["Env"] = env
-            elif instruction == "LABEL":
-                labels = dict(config.get("Labels") or {})
-                labels.update(_pairs("LABEL", rest))
-                config["Labels"] = labels
-            elif instruction == "EXPOSE":
-                ports = dict(config.get("ExposedPorts") or {})
-                for port in rest.split():
-                    number, _, proto = port.partition("/")
-                    if not number.replace("-", "").isdigit():
-                        raise InvalidArgument(f"invalid port {port!r} in EXPOSE")
-                    ports[f"{number}/{(proto or 'tcp').lower()}"] = {}
-                config["ExposedPorts"] = ports
-            elif instruction == "VOLUME":
-                form = _json_array(rest)
-                paths = form if form is not None else rest.split()
-                if not paths:
-                    raise InvalidArgument("VOLUME requires at least one argument")
-                volumes = dict(config.get("Volumes") or {})
-                volumes.update({p: {} for p in paths})
-                config["Volumes"] = volumes
-            elif not rest:
-                raise InvalidArgument(f"{instruction} requires exactly one argument")
-            elif instruction == "WORKDIR":
-                base = config.get("WorkingDir") or "/"
-                config["WorkingDir"] = posixpath.normpath(posixpath.join(base, rest))
-            elif instruction == "USER":
-                config["User"] = rest
-            elif instruction == "STOPSIGNAL":
-                config["StopSignal"] = rest
-            elif instruction == "ONBUILD":
-                config["OnBuild"] = [*(config.get("OnBuild") or []), rest.strip()]
-    return config
 
 
 def merge(user: dict[str, Any], container: dict[str, Any]) -> dict[str, Any]:
@@ -329,7 +224,7 @@ async def commit(
     container = containers.get(ref)
     names = _name(repo, tag)
     container_config = containers.inspect(container.id)["Config"]
-    new_config = apply_changes(dict(config or {}), changes or [])
+    new_config = apply_changes(changes or [], dict(config or {}))
     new_config = merge(new_config, container_config)
     store = containers.images
     try:

@@ -8,6 +8,7 @@ Only the instructions that change the config are accepted, as in Docker; anythin
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import shlex
 from typing import Any
@@ -129,53 +130,69 @@ def _healthcheck(args: str) -> dict[str, Any]:
 
 
 def apply_changes(changes: list[str], config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The container config (Docker's keys) after the instructions in ``changes``."""
+    """The container config (Docker's keys) after the instructions in ``changes``
+    (one per item, or several lines in one; ``#`` comments skipped)."""
     out: dict[str, Any] = dict(config or {})
+    cmd_set = False
     for change in changes:
-        text = change.strip()
-        if not text:
-            continue
-        word, _, args = text.partition(" ")
-        instruction = word.upper()
-        args = args.strip()
-        if instruction not in ALLOWED:
-            raise InvalidArgument(
-                f"{word} is not a valid change command: use one of {', '.join(ALLOWED)}"
-            )
-        if not args:
-            raise InvalidArgument(f"{instruction} needs an argument")
-        if instruction in ("CMD", "ENTRYPOINT"):
-            out["Cmd" if instruction == "CMD" else "Entrypoint"] = _json_or_shell(args)
-        elif instruction == "ENV":
-            env = [e for e in out.get("Env") or [] if isinstance(e, str)]
-            for key, value in _pairs("ENV", args):
-                env = [e for e in env if e.partition("=")[0] != key] + [f"{key}={value}"]
-            out["Env"] = env
-        elif instruction == "LABEL":
-            labels = dict(out.get("Labels") or {})
-            labels.update(_pairs("LABEL", args))
-            out["Labels"] = labels
-        elif instruction == "EXPOSE":
-            ports = dict(out.get("ExposedPorts") or {})
-            for port in args.split():
-                ports[port if "/" in port else f"{port}/tcp"] = {}
-            out["ExposedPorts"] = ports
-        elif instruction == "VOLUME":
-            volumes = dict(out.get("Volumes") or {})
-            paths = _json_or_shell(args) if args.startswith("[") else args.split()
-            if paths[:2] == ["/bin/sh", "-c"]:
-                paths = args.strip("[]").split()
-            for path in paths:
-                volumes[path] = {}
-            out["Volumes"] = volumes
-        elif instruction == "USER":
-            out["User"] = args
-        elif instruction == "WORKDIR":
-            out["WorkingDir"] = args
-        elif instruction == "STOPSIGNAL":
-            out["StopSignal"] = args
-        elif instruction == "ONBUILD":
-            out["OnBuild"] = [*(out.get("OnBuild") or []), args]
-        elif instruction == "HEALTHCHECK":
-            out["Healthcheck"] = _healthcheck(args)
+        for line in change.splitlines():
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            word, _, args = text.partition(" ")
+            instruction = word.upper()
+            args = args.strip()
+            if instruction not in ALLOWED:
+                raise InvalidArgument(
+                    f"{word} is not a valid change command: use one of {', '.join(ALLOWED)}"
+                )
+            if not args:
+                raise InvalidArgument(f"{instruction} needs an argument")
+            cmd_set = _apply(out, instruction, args, cmd_set)
     return out
+
+
+def _apply(out: dict[str, Any], instruction: str, args: str, cmd_set: bool) -> bool:
+    """One instruction into ``out``; returns whether a CMD has been set by the changes."""
+    if instruction in ("CMD", "ENTRYPOINT"):
+        out["Cmd" if instruction == "CMD" else "Entrypoint"] = _json_or_shell(args)
+        if instruction == "CMD":
+            return True
+        if not cmd_set:
+            out["Cmd"] = None  # a new entrypoint drops the inherited command, as Docker
+    elif instruction == "ENV":
+        env = [e for e in out.get("Env") or [] if isinstance(e, str)]
+        for key, value in _pairs("ENV", args):
+            env = [e for e in env if e.partition("=")[0] != key] + [f"{key}={value}"]
+        out["Env"] = env
+    elif instruction == "LABEL":
+        labels = dict(out.get("Labels") or {})
+        labels.update(_pairs("LABEL", args))
+        out["Labels"] = labels
+    elif instruction == "EXPOSE":
+        ports = dict(out.get("ExposedPorts") or {})
+        for port in args.split():
+            number, _, proto = port.partition("/")
+            if not number.replace("-", "").isdigit():
+                raise InvalidArgument(f"invalid port {port!r} in EXPOSE")
+            ports[f"{number}/{(proto or 'tcp').lower()}"] = {}
+        out["ExposedPorts"] = ports
+    elif instruction == "VOLUME":
+        volumes = dict(out.get("Volumes") or {})
+        paths = _json_or_shell(args) if args.startswith("[") else args.split()
+        if paths[:2] == ["/bin/sh", "-c"]:
+            paths = args.strip("[]").split()
+        for path in paths:
+            volumes[path] = {}
+        out["Volumes"] = volumes
+    elif instruction == "USER":
+        out["User"] = args
+    elif instruction == "WORKDIR":
+        out["WorkingDir"] = posixpath.normpath(posixpath.join(out.get("WorkingDir") or "/", args))
+    elif instruction == "STOPSIGNAL":
+        out["StopSignal"] = args
+    elif instruction == "ONBUILD":
+        out["OnBuild"] = [*(out.get("OnBuild") or []), args]
+    elif instruction == "HEALTHCHECK":
+        out["Healthcheck"] = _healthcheck(args)
+    return cmd_set
