@@ -27,6 +27,7 @@ from berth.engine import faults, jsonlog, restarts, specgen
 from berth.engine.container_ops import ContainerOps
 from berth.engine.events import EventBus
 from berth.engine.execs import ExecService
+from berth.engine.filters import values as filter_values
 from berth.engine.health import HealthChecker
 from berth.engine.health import validate as validate_healthcheck
 from berth.engine.monitor_client import MonitorClient
@@ -918,12 +919,7 @@ class ContainerService:
         filters = filters or {}
 
         def values(key: str) -> list[str]:
-            value = filters.get(key)
-            if isinstance(value, dict):
-                return [k for k, v in value.items() if v]
-            if isinstance(value, list):
-                return [str(v) for v in value]
-            return []
+            return filter_values(filters, key)
 
         for key in filters:
             if key not in ("until", "label", "label!"):
@@ -1369,12 +1365,7 @@ def _matches(container: Container, filters: dict[str, Any]) -> bool:
     """Docker's list filters: id, name, status, label, ancestor (the rest: ignored)."""
 
     def values(key: str) -> list[str]:
-        value = filters.get(key)
-        if isinstance(value, dict):
-            return [k for k, v in value.items() if v]
-        if isinstance(value, list):
-            return [str(v) for v in value]
-        return []
+        return filter_values(filters, key)
 
     if (ids := values("id")) and not any(container.id.startswith(i) for i in ids):
         return False

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from berth.engine.events import EventBus
+from berth.engine.filters import values as _filter_values
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound
 from berth.images.reference import Reference
 from berth.images.reference import parse as parse_reference
@@ -765,15 +766,6 @@ async def _feed_thread(body: AsyncIterator[bytes], consume: Callable[[BinaryIO],
         raise
     os.close(write_fd)
     return await task
-
-
-def _filter_values(filters: dict[str, Any], key: str) -> list[str]:
-    value = filters.get(key)
-    if isinstance(value, dict):
-        return [k for k, v in value.items() if v]
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    return []
 
 
 def _glob_match(pattern: str, text: str) -> bool:

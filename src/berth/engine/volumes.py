@@ -24,6 +24,7 @@ from typing import Any
 
 from berth.engine import jsonlog
 from berth.engine.events import EventBus
+from berth.engine.filters import values as _filter_values
 from berth.engine.specgen import VOLUME_NAME, ContainerSpec, Mount
 from berth.engine.state import EngineDB
 from berth.errors import Conflict, InvalidArgument, NotFound, SystemFailure
@@ -38,15 +39,6 @@ def _size(path: str) -> int:
     from berth.engine.system import content_size
 
     return content_size(path)
-
-
-def _filter_values(filters: dict[str, Any], key: str) -> list[str]:
-    value = filters.get(key)
-    if isinstance(value, dict):
-        return [k for k, v in value.items() if v]
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    return []
 
 
 def _labels_match(labels: dict[str, str], wanted: list[str]) -> bool:

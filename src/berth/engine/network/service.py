@@ -30,6 +30,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from berth.engine.filters import values as _values
+from berth.engine.filters import values as filter_values
 from berth.engine.network import ipam, links, netns, nft, ports
 from berth.engine.network.dns import Listener, Resolver
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound
@@ -887,12 +889,7 @@ class NetworkService:
 
     def list_networks(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
         def values(key: str) -> list[str]:
-            value = filters.get(key)
-            if isinstance(value, dict):
-                return [k for k, v in value.items() if v]
-            if isinstance(value, list):
-                return [str(v) for v in value]
-            return []
+            return filter_values(filters, key)
 
         result = []
         for network in self.db.networks():
@@ -1051,15 +1048,6 @@ class NetworkService:
             network["Id"],
             {"container": container.id, "name": network["Name"], "type": "bridge"},
         )
-
-
-def _values(filters: dict[str, Any], key: str) -> list[str]:
-    value = filters.get(key)
-    if isinstance(value, dict):
-        return [k for k, v in value.items() if v]
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    return []
 
 
 def _endpoint_view(
