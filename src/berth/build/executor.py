@@ -46,6 +46,7 @@ from berth.build.errors import BuildError
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound
 from berth.images import layer as layers
 from berth.images import manifest as mf
+from berth.images.content import BlobFile
 from berth.images.store import Image, ImageStore
 
 EMPTY_TAR_DIFF_ID = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
@@ -148,21 +149,6 @@ def _now() -> str:
     ns = time.time_ns()
     seconds, frac = divmod(ns, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{frac:09d}Z"
-
-
-class _BlobOut:
-    """A content-store writer seen as the binary file the layer writer writes to."""
-
-    def __init__(self, writer: Any) -> None:
-        self.writer = writer
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        self.writer.write(bytes(view))
-        return view.nbytes
-
-    def flush(self) -> None:
-        pass
 
 
 class Builder:
@@ -967,7 +953,7 @@ class Builder:
                 _drop_init_entries(upper, self._lower_dirs(state))
             with self.store.content.writer() as writer:
                 digest, diff_id, size = layers.write_layer(
-                    upper, cast(BinaryIO, _BlobOut(writer)), source_date_epoch=_epoch()
+                    upper, cast(BinaryIO, BlobFile(writer)), source_date_epoch=_epoch()
                 )
                 stored = writer.commit()
             if stored != digest:

@@ -21,12 +21,10 @@ from berth.errors import BerthError, Conflict, InvalidArgument, NotFound, System
 from berth.images import layer as layers
 from berth.images import manifest as mf
 from berth.images.changes import apply_changes
+from berth.images.content import BlobFile
 
 if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
-
     from berth.engine.containers import ContainerService
-    from berth.images.content import BlobWriter
     from berth.images.store import Image, ImageStore
 
 EMPTY_TAR_DIFF_ID = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
@@ -78,21 +76,6 @@ def merge(user: dict[str, Any], container: dict[str, Any]) -> dict[str, Any]:
 # ---- the layer -----------------------------------------------------------------------------
 
 
-class _BlobOut:
-    """A content store writer seen as the binary file the layer archiver writes to."""
-
-    def __init__(self, writer: BlobWriter) -> None:
-        self.writer = writer
-
-    def write(self, data: ReadableBuffer) -> int:
-        view = memoryview(data).cast("B")
-        self.writer.write(cast(bytes, view))
-        return view.nbytes
-
-    def flush(self) -> None:
-        pass
-
-
 class _ContainerArchiver(layers._Archiver):
     """The layer archiver, minus the mount points the engine makes (Docker's init layer)."""
 
@@ -141,7 +124,7 @@ def make_image(
 ) -> Image:
     """Write the layer and record the image (blocking: run it in a worker thread)."""
     with store.content.writer() as writer:
-        digest, diff_id, size = write_container_layer(upper, cast(BinaryIO, _BlobOut(writer)))
+        digest, diff_id, size = write_container_layer(upper, cast(BinaryIO, BlobFile(writer)))
         stored = writer.commit()
     if stored != digest:
         raise SystemFailure(

@@ -33,11 +33,11 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 from berth.errors import InvalidArgument, NotFound, SystemFailure
 from berth.images import busybox_rootfs
 from berth.images import manifest as mf
-from berth.images.content import BlobWriter
+from berth.images.content import BlobFile
 from berth.images.store import Image, ImageStore
 
 if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
+    pass
 
 __all__ = ["DEFAULT_MIRROR", "bootstrap_busybox", "bootstrap_debian"]
 
@@ -131,21 +131,6 @@ _MINIMIZING_CONFIG: dict[str, tuple[int, str]] = {
 Progress = Callable[[str], None]
 
 
-class _BlobOut:
-    """A content store writer seen as the binary file ``layer.tar_directory`` writes to."""
-
-    def __init__(self, writer: BlobWriter) -> None:
-        self.writer = writer
-
-    def write(self, data: ReadableBuffer) -> int:
-        view = memoryview(data).cast("B")
-        self.writer.write(cast(bytes, view))
-        return view.nbytes
-
-    def flush(self) -> None:
-        pass
-
-
 def _timestamp(epoch: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
@@ -185,7 +170,7 @@ def _tar_into_store(store: ImageStore, rootfs: str, epoch: int) -> tuple[str, st
 
     with store.content.writer() as writer:
         digest, diff_id, size = tar_directory(
-            rootfs, cast(BinaryIO, _BlobOut(writer)), compression="gzip", source_date_epoch=epoch
+            rootfs, cast(BinaryIO, BlobFile(writer)), compression="gzip", source_date_epoch=epoch
         )
         stored = writer.commit()
     if stored != digest:

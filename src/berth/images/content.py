@@ -183,6 +183,22 @@ class BlobWriter:
             self.abort()
 
 
+class BlobFile:
+    """A ``BlobWriter`` seen as the binary file the layer writers write to (``tar_directory``,
+    ``write_layer`` take a file); memoryviews are accepted as the tar writer hands them."""
+
+    def __init__(self, writer: BlobWriter) -> None:
+        self.writer = writer
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        self.writer.write(view)  # type: ignore[arg-type]  # file.write and hash.update take views
+        return view.nbytes
+
+    def flush(self) -> None:
+        pass
+
+
 class ContentStore:
     """Blobs at ``root/blobs/<alg>/<hex>``, partial writes at ``root/ingest/``."""
 
