@@ -2,7 +2,7 @@
 consistent store — no half image, no container without its rootfs, no stray active
 snapshot, mount or cgroup — and goes on working.
 
-Create is cut at known points (``BERTH_CRASH_AT``, see berth/engine/faults.py: the
+Create is cut at known points (``BERTH_CRASH_AT``, see berth/faults.py: the
 daemon SIGKILLs itself there) and at random moments of a burst of creates; pull is cut
 by a real ``kill -9`` from the test as soon as the progress stream shows a layer
 downloading or extracting.
@@ -249,3 +249,41 @@ def test_kill9_in_the_middle_of_a_pull(
     assert code == 0
     assert fresh.delete(f"/containers/{cid}").status == 204
     assert fresh.delete(f"/images/{ref}").status == 200
+
+
+# ---- commit --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("point", ["commit:layer-written", "image:unpacked"])
+def test_kill9_in_the_middle_of_a_commit(fresh: Daemon, point: str) -> None:
+    cid = fresh.create(["sleep", "60"], name="source")
+    assert fresh.post(f"/containers/{cid}/start").status == 204
+    exec_id = fresh.post(
+        f"/containers/{cid}/exec", {"Cmd": ["sh", "-c", "head -c 20000000 /dev/urandom > /big"]}
+    ).json()["Id"]
+    fresh.hijack(f"/exec/{exec_id}/start", {"Detach": False})
+    images_before = {i["Id"] for i in fresh.get("/images/json").json()}
+    fresh.stop()  # containers go on running under the monitor
+    fresh.start(env={"BERTH_CRASH_AT": point})
+    with pytest.raises((OSError, http.client.HTTPException)):
+        fresh.post(f"/commit?container={cid}&repo=cut&tag=1", timeout=120)
+    assert fresh.process is not None
+    assert fresh.process.wait(10) == -signal.SIGKILL
+    fresh.process = None
+    fresh.start()
+    # no half image, nothing active but the containers' own snapshots
+    assert {i["Id"] for i in fresh.get("/images/json").json()} == images_before
+    assert fresh.get("/images/cut:1/json").status == 404
+    ids = {c["Id"] for c in fresh.get("/containers/json?all=1").json()}
+    active = {key for key, kind in _snapshot_kinds(fresh) if kind != "committed"}
+    assert active == ids
+    # the container kept running through it all, and the commit goes through now
+    assert fresh.inspect(cid)["State"]["Running"]
+    done = fresh.post(f"/commit?container={cid}&repo=cut&tag=1", timeout=120)
+    assert done.status == 201, done
+    image = done.json()["Id"]
+    new, code = fresh.run(["sh", "-c", "test $(wc -c < /big) = 20000000"], Image="cut:1")
+    assert code == 0
+    for c in (new, cid):
+        assert fresh.delete(f"/containers/{c}?force=1").status == 204
+    assert fresh.delete(f"/images/{image}").status == 200

@@ -16,6 +16,7 @@ import stat
 import time
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
+from berth import faults
 from berth.engine.archive import INIT_FILES
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound, SystemFailure
 from berth.images import layer as layers
@@ -126,6 +127,7 @@ def make_image(
     with store.content.writer() as writer:
         digest, diff_id, size = write_container_layer(upper, cast(BinaryIO, BlobFile(writer)))
         stored = writer.commit()
+    faults.point("commit:layer-written")
     if stored != digest:
         raise SystemFailure(
             f"the layer of {container_id[:12]} was stored as {stored}, not {digest}"

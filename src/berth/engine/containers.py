@@ -23,7 +23,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from berth.engine import faults, jsonlog, restarts, specgen
+from berth import faults
+from berth.engine import jsonlog, restarts, specgen
 from berth.engine.container_ops import ContainerOps
 from berth.engine.events import EventBus
 from berth.engine.execs import ExecService

@@ -15,6 +15,7 @@ import sqlite3
 import time
 import uuid
 
+from berth import faults
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound
 from berth.images import manifest as mf
 from berth.images.content import ContentStore
@@ -192,6 +193,7 @@ class ImageStore:
         self.unpack(
             Image(config_digest, names, manifest_digest, manifest, parsed, None, time.time())
         )
+        faults.point("image:unpacked")
         return self.add(manifest_digest, names=names)
 
     def unpack(self, image: Image, on_layer: Callable[[int], None] | None = None) -> str | None:
