@@ -163,12 +163,20 @@ def berth(tmp_path: Path) -> Iterator[RuntimeCLI]:
     cli.cleanup()
 
 
+# For modules that run once per runtime: ``pytestmark = [each_runtime, ...]``.
+RUNTIMES = [""] + [name for name in ("runc",) if shutil.which(name)]
+each_runtime = pytest.mark.parametrize(
+    "daemon", RUNTIMES, indirect=True, ids=[r or "berth-runtime" for r in RUNTIMES]
+)
+
+
 @pytest.fixture(scope="module")
-def daemon() -> Iterator[Daemon]:
-    """A private berthd (and its monitor) per test module, with a busybox image."""
+def daemon(request: pytest.FixtureRequest) -> Iterator[Daemon]:
+    """A private berthd (and its monitor) per test module, with a busybox image; its
+    default runtime is berth-runtime, or the module's parameter (``each_runtime``)."""
     if not IS_ROOT:
         pytest.skip("needs root and the real kernel")
-    d = Daemon()
+    d = Daemon(runtime=getattr(request, "param", ""))
     try:
         d.start()
         d.bootstrap_busybox()

@@ -61,7 +61,8 @@ def demux(data: bytes) -> list[tuple[int, bytes]]:
 
 
 class Daemon:
-    def __init__(self) -> None:
+    def __init__(self, runtime: str = "") -> None:
+        self.runtime = runtime  # berthd's --default-runtime ("": berth-runtime)
         self.base = tempfile.mkdtemp(prefix="berth-test-daemon-", dir="/tmp")
         os.chmod(self.base, 0o711)
         self.socket = os.path.join(self.base, "berth.sock")
@@ -85,6 +86,7 @@ class Daemon:
                     self.root,
                     "--exec-root",
                     self.exec_root,
+                    *(["--default-runtime", self.runtime] if self.runtime else []),
                 ],
                 stdout=log,
                 stderr=log,

@@ -12,11 +12,13 @@ import time
 
 import pytest
 from tests.compat.berthd import Daemon
+from tests.conftest import each_runtime
 from tests.helpers import CREATED_IDS
 
 DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
 
 pytestmark = [
+    each_runtime,  # the same tests under berth-runtime and runc
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root and the real kernel"),
     pytest.mark.skipif(not os.path.exists(DOCKER), reason="the docker CLI is not installed"),
@@ -59,7 +61,8 @@ def test_info(daemon: Daemon) -> None:
     result = docker(daemon, "info")
     assert result.returncode == 0, result.stderr
     assert "Storage Driver: overlay" in result.stdout
-    assert "Default Runtime: berth-runtime" in result.stdout
+    assert f"Default Runtime: {daemon.runtime or 'berth-runtime'}" in result.stdout
+    assert "seccomp" in result.stdout and "Profile: builtin" in result.stdout
     assert f"Docker Root Dir: {daemon.root}" in result.stdout
 
 

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import pytest
 from tests.compat.berthd import Daemon
+from tests.conftest import each_runtime
 from tests.helpers import CREATED_IDS, VENV_BIN
 
 DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
 CLIS = {"docker": DOCKER, "berth": str(VENV_BIN / "berth")}
 
 pytestmark = [
+    each_runtime,  # the same tests under berth-runtime and runc
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root and the real kernel"),
 ]

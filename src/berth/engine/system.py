@@ -128,8 +128,11 @@ def info(*, root: str, counts: dict[str, int], images: int, listeners: int = 0) 
         "LiveRestoreEnabled": True,
         "Isolation": "",
         "InitBinary": "",
-        "SecurityOptions": ["name=cgroupns" if mode == "v2" else "name=no-seccomp-yet"],
-        "Warnings": ["WARNING: no default seccomp profile is applied to containers yet"],
+        "SecurityOptions": [
+            "name=seccomp,profile=builtin",
+            *(["name=cgroupns"] if mode == "v2" else []),
+        ],
+        "Warnings": [],
     }
 
 
