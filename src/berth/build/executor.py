@@ -105,6 +105,10 @@ class BuildOptions:
     platform: str = ""
 
 
+# a COPY/ADD source: the path as named, its stat, the path read (a named symlink followed)
+_Source = tuple[str, os.stat_result, str]
+
+
 @dataclass
 class _State:
     """A stage while it is built: the current intermediate image."""
@@ -502,8 +506,8 @@ class Builder:
 
             target = secure_join(rootfs, workdir)
             if not os.path.isdir(target):
-                uid, gid = self._identity(rootfs, state.run.get("User") or "", for_workdir=True)
-                _mkdir_all(rootfs, target, uid, gid)
+                # dockerd's legacy builder creates it as root whatever USER is
+                _mkdir_all(rootfs, target, 0, 0)
 
         self._filesystem_step(state, key, self._nop(state, f"WORKDIR {workdir}"), change)
 
@@ -755,12 +759,14 @@ class Builder:
                 from berth.runtime.rootfs import secure_join
 
                 uid, gid = self._identity(rootfs, chown) if chown else (0, 0)
-                for rel, st in infos:
-                    src_path = os.path.join(source_root, rel) if rel else source_root
+                # COPY --from keeps the source's owners unless --chown (legacy builder)
+                keep = bool(source_from) and not chown
+                for rel, st, real in infos:
+                    src_path = os.path.join(source_root, real) if real else source_root
                     if stat.S_ISDIR(st.st_mode):
                         target = secure_join(rootfs, dest_abs)
                         _mkdir_all(rootfs, target, uid, gid)
-                        _copy_tree(src_path, target, rootfs, uid, gid, chmod)
+                        _copy_tree(src_path, target, rootfs, uid, gid, chmod, keep)
                         continue
                     name = posixpath.basename(rel) if rel else posixpath.basename(source_root)
                     if (
@@ -776,7 +782,7 @@ class Builder:
                         target_path = posixpath.join(dest_abs, name)
                     target = secure_join(rootfs, target_path)
                     _mkdir_all(rootfs, os.path.dirname(target), uid, gid)
-                    _copy_entry(src_path, target, st, uid, gid, chmod)
+                    _copy_entry(src_path, target, st, uid, gid, chmod, keep)
                 for doc in step.heredocs:
                     target_path = posixpath.join(dest_abs, doc.name) if dest_is_dir else dest_abs
                     target = secure_join(rootfs, target_path)
@@ -793,9 +799,14 @@ class Builder:
             if view is not None:
                 self._release_view(*view)
 
-    def _sources(self, root: str, sources: list[str], cmd: str) -> list[tuple[str, os.stat_result]]:
-        """The source entries (relative path, lstat) of COPY/ADD, globs expanded."""
-        out: list[tuple[str, os.stat_result]] = []
+    def _sources(self, root: str, sources: list[str], cmd: str) -> list[_Source]:
+        """The source entries of COPY/ADD, globs expanded: (relative path as named, stat,
+        relative path read). A source named explicitly that is a symlink is followed
+        inside the root, as dockerd's FollowSymlinkInScope: its content is copied under
+        the link's name."""
+        from berth.runtime.rootfs import secure_join
+
+        out: list[_Source] = []
         for src in sources:
             normal = posixpath.normpath(src.lstrip("/") or ".")
             rel = None if normal == ".." or normal.startswith("../") else clean_rel(src)
@@ -805,7 +816,7 @@ class Builder:
                 matches = _glob(root, rel)
                 if not matches:
                     raise BuildFailed(f"{cmd} failed: no source files were specified")
-                out += matches
+                out += [(m, st, m) for m, st in matches]
                 continue
             path = os.path.join(root, rel) if rel else root
             try:
@@ -823,15 +834,28 @@ class Builder:
                     f"{cmd} failed: file not found in build context or excluded by"
                     f" .dockerignore: stat {rel or '.'}: file does not exist"
                 ) from None
-            out.append((rel, st))
+            real = rel
+            if stat.S_ISLNK(st.st_mode):
+                resolved = secure_join(os.path.realpath(root), rel)
+                try:
+                    st = os.lstat(resolved)
+                except (FileNotFoundError, NotADirectoryError):
+                    raise BuildFailed(
+                        f"{cmd} failed: file not found in build context or excluded by"
+                        f" .dockerignore: stat {rel}: file does not exist"
+                    ) from None
+                real = os.path.relpath(resolved, os.path.realpath(root))
+                real = "" if real == "." else real
+            out.append((rel, st, real))
         return out
 
-    def _content_hash(self, root: str, infos: list[tuple[str, os.stat_result]]) -> str:
+    def _content_hash(self, root: str, infos: list[_Source]) -> str:
         """Contents, modes and types of everything copied; never mtimes or owners
         (the copy's owner is --chown, part of the instruction text)."""
         assert self.context is not None
         digest = hashlib.sha256()
-        for rel, st in infos:
+        for named, st, rel in infos:
+            digest.update(f"{named}\x00".encode())
             entries = [(rel, st)]
             if stat.S_ISDIR(st.st_mode):
                 entries += _walk(root, rel)
@@ -1140,8 +1164,17 @@ def _replace(target: str) -> None:
 
 
 def _copy_entry(
-    src: str, target: str, st: os.stat_result, uid: int, gid: int, chmod: int | None
+    src: str,
+    target: str,
+    st: os.stat_result,
+    uid: int,
+    gid: int,
+    chmod: int | None,
+    keep: bool = False,
 ) -> None:
+    """One entry; ``keep``: the source's owners (COPY --from without --chown)."""
+    if keep:
+        uid, gid = st.st_uid, st.st_gid
     mode = st.st_mode
     if stat.S_ISDIR(mode):
         if not os.path.isdir(target):
@@ -1170,7 +1203,15 @@ def _copy_entry(
     os.utime(target, ns=(st.st_mtime_ns, st.st_mtime_ns))
 
 
-def _copy_tree(src: str, target: str, rootfs: str, uid: int, gid: int, chmod: int | None) -> None:
+def _copy_tree(
+    src: str,
+    target: str,
+    rootfs: str,
+    uid: int,
+    gid: int,
+    chmod: int | None,
+    keep: bool = False,
+) -> None:
     """A directory's contents into ``target`` (the directory itself is not copied)."""
     from berth.runtime.rootfs import secure_join
 
@@ -1179,7 +1220,7 @@ def _copy_tree(src: str, target: str, rootfs: str, uid: int, gid: int, chmod: in
     rel_target = "/" + os.path.relpath(target, rootfs)
     for rel, st in entries:
         dest = secure_join(rootfs, posixpath.join(rel_target, rel))
-        _copy_entry(os.path.join(src, rel), dest, st, uid, gid, chmod)
+        _copy_entry(os.path.join(src, rel), dest, st, uid, gid, chmod, keep)
         if stat.S_ISDIR(st.st_mode):
             dirs.append((dest, st))
     for dest, st in reversed(dirs):  # children changed their parents' mtimes
