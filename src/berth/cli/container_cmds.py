@@ -10,7 +10,6 @@ when its output is not a terminal or with ``--no-stream``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from argparse import Namespace
@@ -179,15 +178,7 @@ def _missing_row(container: str) -> dict[str, str]:
 
 def render_stats(rows: list[dict[str, str]], form: str | None) -> str:
     """Rows as a table (docker's default or ``table TEMPLATE``), JSON lines or a template."""
-    if form == "json":
-        return "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in rows)
-    if form and not form.startswith("table"):
-        return "".join(fmt.render(form, row) + "\n" for row in rows)
-    template = (form or STATS_FORMAT)[len("table") :].strip() or STATS_FORMAT[6:]
-    names = fmt.template_fields(template)
-    table = [[STATS_HEADERS.get(n, n.upper()) for n in names]]
-    table += [fmt.render(template, row).split("\t") for row in rows]
-    return fmt.table(table)
+    return fmt.rows(rows, form, STATS_FORMAT[len("table") :].strip(), STATS_HEADERS)
 
 
 def _targets(client: Client, args: Namespace) -> list[tuple[str, str]]:

@@ -173,3 +173,20 @@ def render(template: str, data: Any) -> str:
 def template_fields(template: str) -> list[str]:
     """The fields a table template shows, for its header (``{{.ID}}`` -> ``ID``)."""
     return [m.group(1).split()[-1].lstrip(".") for m in _ACTION.finditer(template)]
+
+
+def rows(
+    items: list[dict[str, Any]], form: str | None, default: str, headers: dict[str, str]
+) -> str:
+    """Rows as docker's list commands print them: ``json`` lines, a Go template per row,
+    or a table (``table TEMPLATE``, else ``default``, tab-separated fields) whose header
+    names come from ``headers`` (else the field, upper-cased)."""
+    if form == "json":
+        return "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in items)
+    if form and not form.startswith("table"):
+        return "".join(render(form, row) + "\n" for row in items)
+    template = (form or "")[len("table") :].strip() or default
+    names = template_fields(template)
+    lines = [[headers.get(n, n.upper()) for n in names]]
+    lines += [render(template, row).split("\t") for row in items]
+    return table(lines)

@@ -260,21 +260,8 @@ def ls(client: Client, args: Namespace) -> int:
         sys.stdout.write("".join(f"{str(n.get('Id'))[:width]}\n" for n in networks))
         return 0
     rows = [network_row(n, trunc=not args.no_trunc) for n in networks]
-    form = args.format
-    if form == "json":
-        for row in rows:
-            print(json.dumps(row, sort_keys=True, separators=(",", ":")))
-        return 0
-    if form and not form.startswith("table"):
-        sys.stdout.write("".join(fmt.render(form, row) + "\n" for row in rows))
-        return 0
-    template = (form or "")[len("table") :].strip() or (
-        "{{.ID}}\t{{.Name}}\t{{.Driver}}\t{{.Scope}}"
-    )
-    names = fmt.template_fields(template)
-    table = [[HEADERS.get(n, n.upper()) for n in names]]
-    table += [fmt.render(template, row).split("\t") for row in rows]
-    sys.stdout.write(fmt.table(table))
+    default = "{{.ID}}\t{{.Name}}\t{{.Driver}}\t{{.Scope}}"
+    sys.stdout.write(fmt.rows(rows, args.format, default, HEADERS))
     return 0
 
 

@@ -121,19 +121,7 @@ def ls(client: Client, args: Namespace) -> int:
         sys.stdout.write("".join(f"{v.get('Name')}\n" for v in volumes))
         return 0
     rows = [volume_row(v) for v in volumes]
-    form = args.format
-    if form == "json":
-        for row in rows:
-            print(json.dumps(row, sort_keys=True, separators=(",", ":")))
-        return 0
-    if form and not form.startswith("table"):
-        sys.stdout.write("".join(fmt.render(form, row) + "\n" for row in rows))
-        return 0
-    template = (form or "")[len("table") :].strip() or "{{.Driver}}\t{{.Name}}"
-    names = fmt.template_fields(template)
-    table = [[VOLUME_HEADERS.get(n, n.upper()) for n in names]]
-    table += [fmt.render(template, row).split("\t") for row in rows]
-    sys.stdout.write(fmt.table(table))
+    sys.stdout.write(fmt.rows(rows, args.format, "{{.Driver}}\t{{.Name}}", VOLUME_HEADERS))
     return 0
 
 
