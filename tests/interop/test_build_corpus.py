@@ -12,12 +12,15 @@ Also: ADD of a URL (with and without ``--checksum``) from a loopback HTTP server
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import json
 import os
 import shutil
 import subprocess
 import tarfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -184,3 +187,116 @@ def test_corpus_case_builds_the_same_image(
     assert _config(dockerd.host, tag) == _config(berthd.host, tag)
     diff = _diff(_filesystem(dockerd.host, tag), _filesystem(berthd.host, tag))
     assert diff == [], "\n".join(diff)
+
+
+@pytest.fixture
+def http_files(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An HTTP server on 127.0.0.1 (loopback only) serving a folder of files."""
+    root = tmp_path / "served"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def _served(root: Path) -> bytes:
+    (root / "data.txt").write_bytes(b"downloaded data\n")
+    os.utime(root / "data.txt", (1_600_000_000, 1_600_000_000))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("inside.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"in\n"))
+    (root / "archive.tar.gz").write_bytes(buf.getvalue())
+    return b"downloaded data\n"
+
+
+def test_add_url_matches_dockerd(
+    both: tuple[Daemon, Dockerd], http_files: tuple[str, Path], tmp_path: Path
+) -> None:
+    """ADD <url>: a file of mode 0600, named after the URL into a directory, never
+    unpacked, the same in both daemons."""
+    berthd, dockerd = both
+    base, root = http_files
+    _served(root)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        "FROM busybox\n"
+        f"ADD {base}/data.txt /dl/\n"
+        f"ADD {base}/data.txt /dl/renamed\n"
+        f"ADD --chown=nobody {base}/archive.tar.gz /dl/\n"
+    )
+    tag = "corpus-add-url:test"
+    _docker(dockerd.host, "build", "--network", "none", "-t", tag, str(ctx))
+    _docker(berthd.host, "build", "--network", "none", "-t", tag, str(ctx))
+    ours = _filesystem(berthd.host, tag)
+    diff = _diff(_filesystem(dockerd.host, tag), ours)
+    assert diff == [], "\n".join(diff)
+    assert ours["dl/data.txt"][:4] == ("0", 0o600, 0, 0)
+    assert ours["dl/archive.tar.gz"][:4] == ("0", 0o600, 65534, 65534)
+    mtime = _docker(berthd.host, "run", "--rm", tag, "stat", "-c", "%Y", "/dl/data.txt").stdout
+    assert mtime.decode().strip() == "1600000000"  # Last-Modified
+
+
+def test_add_url_checksum(
+    both: tuple[Daemon, Dockerd], http_files: tuple[str, Path], tmp_path: Path
+) -> None:
+    """ADD --checksum (BuildKit's flag; dockerd's legacy builder refuses it): the
+    download is verified; a wrong digest fails the build with one clear line."""
+    berthd, dockerd = both
+    base, root = http_files
+    data = _served(root)
+    good = "sha256:" + hashlib.sha256(data).hexdigest()
+    bad = "sha256:" + "0" * 64
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    dockerfile = ctx / "Dockerfile"
+    dockerfile.write_text(f"FROM busybox\nADD --checksum={good} {base}/data.txt /checked\n")
+    refused = _docker(dockerd.host, "build", "--network", "none", str(ctx), ok=False)
+    assert refused.returncode != 0  # the legacy builder has no --checksum
+    _docker(berthd.host, "build", "-t", "corpus-checksum:test", str(ctx))
+    out = _docker(berthd.host, "run", "--rm", "corpus-checksum:test", "cat", "/checked").stdout
+    assert out == data
+    dockerfile.write_text(f"FROM busybox\nADD --checksum={bad} {base}/data.txt /checked\n")
+    failed = _docker(berthd.host, "build", str(ctx), ok=False)
+    assert failed.returncode != 0
+    message = failed.stderr.decode()
+    assert f"digest mismatch {bad}: {good}" in message, message
+    dockerfile.write_text(f"FROM busybox\nADD --checksum={good} Dockerfile /x\n")
+    failed = _docker(berthd.host, "build", str(ctx), ok=False)
+    assert "checksum can't be specified for non-HTTP(S) sources" in failed.stderr.decode()
+
+
+def test_copy_chmod_is_a_deliberate_deviation(both: tuple[Daemon, Dockerd], tmp_path: Path) -> None:
+    """COPY --chmod: dockerd's legacy builder refuses it (BuildKit only); Berth applies
+    it, as BuildKit (docs/builder.md, deviations)."""
+    berthd, dockerd = both
+    ctx = tmp_path / "ctx"
+    (ctx / "dir").mkdir(parents=True)
+    (ctx / "f").write_text("f\n")
+    (ctx / "dir" / "g").write_text("g\n")
+    (ctx / "Dockerfile").write_text(
+        "FROM busybox\nCOPY --chmod=0751 f /f\nCOPY --chown=1:2 --chmod=600 dir /d/\n"
+    )
+    refused = _docker(dockerd.host, "build", "--network", "none", str(ctx), ok=False)
+    assert refused.returncode != 0
+    assert "chmod" in refused.stderr.decode()
+    _docker(berthd.host, "build", "-t", "corpus-chmod:test", str(ctx))
+    fs = _filesystem(berthd.host, "corpus-chmod:test")
+    assert fs["f"][:4] == ("0", 0o751, 0, 0)
+    assert fs["d/g"][:4] == ("0", 0o600, 1, 2)

@@ -706,11 +706,14 @@ class Builder:
     def _copy(self, state: _State, step: expand.Expanded) -> None:
         ins = step.ins
         is_add = ins.cmd == "ADD"
-        for src in step.sources:
-            if "://" in src and src.split("://", 1)[0] in ("http", "https"):
-                raise BuildFailed(f"ADD of a remote URL ({src}) is not supported by this builder")
+        urls = [src for src in step.sources if is_add and _is_url(src)]
+        local = [src for src in step.sources if src not in urls]
+        for src in local:
             if src.startswith("git@") or src.endswith(".git"):
                 raise BuildFailed(f"ADD of a git repository ({src}) is not supported")
+        checksum = str(step.options.get("checksum") or "")
+        if checksum and (len(urls) != 1 or local):
+            raise BuildFailed("checksum can't be specified for non-HTTP(S) sources")
         source_from = str(step.options.get("from") or "")
         chown = str(step.options.get("chown") or "")
         chmod_text = str(step.options.get("chmod") or "")
@@ -727,21 +730,34 @@ class Builder:
         dest_is_dir = dest.endswith("/") or dest.endswith("/.") or dest in (".", "")
         dest_abs = posixpath.normpath(posixpath.join(workdir, dest))
         view: tuple[str, str | None] | None = None
+        downloads = ""
         try:
             if source_from:
                 source_root, source_id, view = self._source_root(source_from)
             else:
                 assert self.context is not None
                 source_root, source_id = self.context.root, ""
-            infos = self._sources(source_root, step.sources, ins.cmd)
+            infos = self._sources(source_root, local, ins.cmd)
+            url_hash = ""
+            if urls:
+                downloads = os.path.join(self.work_root, "mounts", f"build-add-{uuid.uuid4().hex}")
+                os.makedirs(downloads, mode=0o700)
+                for url in urls:
+                    name, path, digest = _download(url, downloads, checksum)
+                    infos.append((name, os.lstat(path), path))
+                    url_hash += f"{url}\x00{digest}\n"
             count = len(infos) + len(step.heredocs)
-            wildcard = any(_has_glob(s) for s in step.sources)
+            wildcard = any(_has_glob(s) for s in local)
             if (count > 1 or (wildcard and count != 1)) and not dest_is_dir:
                 raise BuildFailed(
                     f"When using {ins.cmd} with more than one source file, the destination must"
                     " be a directory and end with a /"
                 )
-            content = f"from={source_id}" if source_from else self._content_hash(source_root, infos)
+            content = (
+                f"from={source_id}"
+                if source_from
+                else self._content_hash(source_root, infos[: len(infos) - len(urls)])
+            ) + url_hash
             heredoc_hash = hashlib.sha256(
                 json.dumps([[d.name, d.data] for d in step.heredocs]).encode()
             ).hexdigest()
@@ -773,6 +789,7 @@ class Builder:
                         is_add
                         and stat.S_ISREG(st.st_mode)
                         and not source_from
+                        and not os.path.isabs(real)  # a download is never unpacked
                         and _extract_archive(src_path, rootfs, dest_abs, uid, gid)
                     ):
                         continue
@@ -798,6 +815,8 @@ class Builder:
         finally:
             if view is not None:
                 self._release_view(*view)
+            if downloads:
+                shutil.rmtree(downloads, ignore_errors=True)
 
     def _sources(self, root: str, sources: list[str], cmd: str) -> list[_Source]:
         """The source entries of COPY/ADD, globs expanded: (relative path as named, stat,
@@ -1093,6 +1112,52 @@ def _healthcheck(step: expand.Expanded) -> dict[str, Any]:
     if isinstance(retries, str) and retries:
         out["Retries"] = int(retries)
     return out
+
+
+def _is_url(src: str) -> bool:
+    return src.split("://", 1)[0] in ("http", "https") and "://" in src
+
+
+DOWNLOAD_TIMEOUT = 300.0
+
+
+def _download(url: str, folder: str, checksum: str) -> tuple[str, str, str]:
+    """ADD <url>: fetched by the daemon into ``folder`` as Docker does (mode 0600, the
+    Last-Modified time as mtime, named after the URL's last path element); the
+    ``--checksum`` verified. Returns (name, path, sha256 digest)."""
+    import email.utils
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    algo, _, want = checksum.partition(":")
+    if checksum and (algo != "sha256" or len(want) != 64):
+        raise BuildFailed(f"invalid checksum {checksum}: only sha256:<64 hex digits> is supported")
+    name = posixpath.basename(urllib.parse.urlsplit(url).path.rstrip("/")) or "__unnamed__"
+    path = os.path.join(folder, uuid.uuid4().hex)
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
+            modified = response.headers.get("Last-Modified")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise BuildFailed(f"failed to download {url}: {reason}") from None
+    got = digest.hexdigest()
+    if checksum and got != want.lower():
+        raise BuildFailed(f"digest mismatch {checksum}: sha256:{got}")
+    os.chmod(path, 0o600)
+    if modified:
+        try:
+            when = email.utils.parsedate_to_datetime(modified).timestamp()
+            os.utime(path, (when, when))
+        except (TypeError, ValueError, OverflowError):
+            pass
+    return name, path, f"sha256:{got}"
 
 
 def _has_glob(path: str) -> bool:
