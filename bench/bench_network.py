@@ -1,21 +1,32 @@
 #!/usr/bin/env python3
-"""HTTP through published ports: berthd vs the same server reached directly, vs Docker's
-and Podman's published ports, side by side in one run (wrk from the host against a
-busybox ``httpd`` serving a small file). Also: 50 networked containers created+started
-and removed through berthd.
+"""Networking speed, Berth against the host, Docker and Podman, side by side in one run.
 
     .venv/bin/python bench/bench_network.py [--seconds 10] [--connections 50]
+        [--megabytes 500] [--transfers 3] [--containers 50] [--engines berth,podman,docker]
 
-Contenders (each skipped with a reason when its tool is missing):
-- ``host-direct``: busybox httpd run on the host (no namespace, no NAT).
+1. HTTP through published ports: wrk from the host against a busybox ``httpd`` serving a
+   600-byte file.
+2. Container-to-container throughput: ``dd if=/dev/zero bs=1M count=N | nc IP PORT``
+   from one busybox container to a ``nc -l`` in another on the same bridge, timed with
+   busybox ``time`` inside the sender; the same busybox pipeline over 127.0.0.1 on the
+   host is the reference.
+3. ``--containers`` detached containers with ``-p 80`` on a bridge, created+started one
+   CLI call at a time, then removed with one ``rm -f``.
+
+Contenders (each skipped with a reason when its tool is missing; berth always runs,
+it provides the busybox image the others load):
+- ``host-direct`` / ``host-loopback``: busybox httpd / nc on the host (no namespace, no NAT).
 - ``berth-container-ip``: the container's address on the bridge (no DNAT).
 - ``berth-published-127``, ``berth-published-host``: -p on 127.0.0.1 / the host's address
-  (nftables DNAT; loopback through route_localnet).
+  (nftables DNAT; loopback through route_localnet). Berth's transfers run on a user network.
 - ``docker``: a private dockerd 20.10 with ``--iptables=false`` on a bridge of its own, so
   its published port is its userland proxy (docker-proxy). With iptables dockerd sets the
   host's FORWARD policy to DROP, which breaks every other bridge on the host (Berth's
   included), so it is not run that way here; this is said in the output.
-- ``podman``: rootful podman with a private --root/--runroot (netavark's DNAT rules).
+- ``podman``: rootful podman set up as bench_daemon.py sets it up (runc, private --root
+  and a short --runroot, rlimits pinned), on its default CNI network (cni-podman0, the
+  portmap plugin's iptables DNAT). The iptables rules and chains and the bridge its CNI
+  plugins add during the run are removed afterwards (only those).
 Everything started is stopped and removed by the bench (by PID / by name).
 """
 
@@ -23,16 +34,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,28 +204,178 @@ class Docker:
 
 
 class Podman:
-    def __init__(self, work: str, busybox_tar: str) -> None:
-        self.args = ["podman", "--root", f"{work}/root", "--runroot", f"{work}/runroot"]
-        subprocess.run([*self.args, "load", "-i", busybox_tar], capture_output=True, check=True)
-        self.version = subprocess.run(
-            ["podman", "--version"], capture_output=True, text=True
-        ).stdout.strip()
+    """Rootful podman set up as bench_daemon.py sets it up (runc, private --root and a
+    short --runroot under /run, rlimits pinned: root lacks CAP_SYS_RESOURCE here), on its
+    default CNI network (cni-podman0, portmap's DNAT)."""
 
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*self.args, *args], capture_output=True, text=True, check=True, timeout=120
-        )
+    def __init__(self, work: str, busybox_tar: str) -> None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_daemon
+
+        self.short = tempfile.mkdtemp(prefix="bbn-", dir="/run")
+        self.engine = bench_daemon.Podman(work, self.short)
+        self.engine.load(busybox_tar)
+        self.version = self.engine.version
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*self.engine.cli, *args], capture_output=True, text=True, env=self.engine.env,
+            timeout=120,
+        )  # fmt: skip
+        if check and result.returncode:
+            raise subprocess.CalledProcessError(
+                result.returncode, ["podman", *args], result.stdout, result.stderr
+            )
+        return result
 
     def close(self) -> None:
-        subprocess.run([*self.args, "rm", "-af", "-t", "0"], capture_output=True)
-        subprocess.run([*self.args, "system", "reset", "-f"], capture_output=True)
+        self.engine.close()
+        shutil.rmtree(self.short, ignore_errors=True)
+
+
+def iptables_state() -> dict[str, list[str]]:
+    """``iptables -S`` of the filter and nat tables (podman's CNI plugins write there)."""
+    out = {}
+    for table in ("filter", "nat"):
+        result = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True)
+        out[table] = result.stdout.splitlines()
+    return out
+
+
+def undo_cni(before: dict[str, list[str]], bridge_before: bool) -> list[str]:
+    """Remove the CNI rules, chains and bridge that appeared during the run, only those."""
+    done = []
+    for table, lines in iptables_state().items():
+        new = [line for line in lines if line not in before[table] and "CNI" in line]
+        for line in new:
+            if line.startswith("-A "):
+                args = ["-D", *shlex.split(line)[1:]]
+                subprocess.run(["iptables", "-t", table, *args], capture_output=True)
+                done.append(f"{table}: {line}")
+        for line in new:
+            if line.startswith("-N "):
+                chain = line.split()[1]
+                subprocess.run(["iptables", "-t", table, "-F", chain], capture_output=True)
+                subprocess.run(["iptables", "-t", table, "-X", chain], capture_output=True)
+                done.append(f"{table}: chain {chain}")
+    if not bridge_before and os.path.exists("/sys/class/net/cni-podman0"):
+        subprocess.run(["ip", "link", "delete", "cni-podman0"], capture_output=True)
+        done.append("cni-podman0")
+    return done
+
+
+SINK_PORT = 5001
+# busybox nc quits when either direction reaches EOF, so the receiver's stdin must never
+# end: a FIFO with a writer kept open. One nc per transfer, restarted in a loop.
+SINK = (
+    f"mkfifo /tmp/bench-fifo && {{ sleep 100000 > /tmp/bench-fifo & }} && "
+    f"while true; do nc -l -p {SINK_PORT} < /tmp/bench-fifo > /dev/null; done"
+)
+
+
+def send_script(ip: str, port: int, mb: int, busybox: str = "busybox") -> str:
+    return (
+        f"{busybox} time sh -c '{busybox} dd if=/dev/zero bs=1M count={mb} 2>/dev/null"
+        f" | {busybox} nc {ip} {port}'"
+    )
+
+
+def parse_time(out: str) -> float | None:
+    m = re.search(r"real\s+(\d+)m\s*([\d.]+)s", out)
+    return int(m.group(1)) * 60 + float(m.group(2)) if m else None
+
+
+def throughput(
+    send: Callable[[], subprocess.CompletedProcess[str]], mb: int, rounds: int
+) -> dict[str, float] | str:
+    """``rounds`` transfers of ``mb`` MiB; MB/s (MiB/s) median and best."""
+    speeds: list[float] = []
+    last = ""
+    for _ in range(rounds * 4):
+        if len(speeds) == rounds:
+            break
+        result = send()
+        seconds = parse_time(result.stderr)
+        if result.returncode or seconds is None or seconds <= 0:
+            last = (result.stderr or result.stdout).strip()[-200:]
+            time.sleep(0.3)  # the receiver's next nc is not listening yet
+            continue
+        speeds.append(mb / seconds)
+        time.sleep(0.3)
+    if not speeds:
+        return f"failed: {last}"
+    return {"MiB_s_median": round(statistics.median(speeds), 1),
+            "MiB_s_best": round(max(speeds), 1), "transfers": len(speeds)}  # fmt: skip
+
+
+@contextlib.contextmanager
+def host_sink(port: int) -> Iterator[None]:
+    """The receiver on the host, the same busybox nc loop as in the containers."""
+    tmp = tempfile.mkdtemp(prefix="bench-net-sink-")
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    script = (
+        SINK.replace("/tmp/bench-fifo", f"{tmp}/fifo")
+        .replace(f"-p {SINK_PORT}", f"-p {port}")
+        .replace("nc -l", f"{busybox} nc -l")
+    )
+    proc = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def many(
+    label: str,
+    results: dict[str, dict[str, float] | str],
+    run: Callable[..., object],
+    rm: Callable[[list[str]], object],
+    count: int,
+) -> None:
+    """``count`` detached containers with ``-p 80`` on a bridge, one CLI call at a time,
+    then one ``rm -f`` of them all."""
+    names = [f"m{i}" for i in range(count)]
+    start = time.monotonic()
+    try:
+        for name in names:
+            run("run", "-d", "--name", name, "-p", "80", "busybox", "sleep", "600")
+        made = time.monotonic() - start
+    finally:
+        start = time.monotonic()
+        rm(names)
+    removed = time.monotonic() - start
+    results[f"{label}-{count}-containers"] = {"create_start_s": round(made, 2),
+                                              "remove_s": round(removed, 2)}  # fmt: skip
+    log(f"{label}: {count} networked containers: run -d {made:.1f} s, rm -f {removed:.1f} s")
+
+
+def c2c(
+    exec_: Callable[..., subprocess.CompletedProcess[str]],
+    sink_ip: str,
+    mb: int,
+    rounds: int,
+) -> dict[str, float] | str:
+    """From container ``cli`` to container ``sink`` (both already running)."""
+    return throughput(
+        lambda: exec_("exec", "cli", "sh", "-c", send_script(sink_ip, SINK_PORT, mb), check=False),
+        mb,
+        rounds,
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--megabytes", type=int, default=500, help="per transfer")
+    parser.add_argument("--transfers", type=int, default=3)
+    parser.add_argument("--containers", type=int, default=50)
+    parser.add_argument("--engines", default="berth,podman,docker")
     args = parser.parse_args()
+    engines = set(args.engines.split(","))
     if os.geteuid() != 0:
         sys.exit("bench_network: needs root")
     if not shutil.which("wrk"):
@@ -220,15 +384,29 @@ def main() -> int:
     os.chmod(work, 0o711)
     address = host_address()
     results: dict[str, dict[str, float] | str] = {}
+    log(f"load average at start: {os.getloadavg()[0]:.2f}")
 
     def measure(name: str, host: str, port: int) -> None:
         wait_http(host, port)
         results[name] = wrk(f"http://{host}:{port}/index.html", args.seconds, args.connections)
         log(f"{name}: {results[name]}")
 
+    def transfer(name: str, value: dict[str, float] | str) -> None:
+        results[f"c2c-{name}"] = value
+        log(f"c2c {name}: {value}")
+
     port = free_port()
     with host_httpd(port):
         measure("host-direct", "127.0.0.1", port)
+    port = free_port()
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    with host_sink(port):
+        transfer("host-loopback", throughput(
+            lambda: subprocess.run(["sh", "-c", send_script("127.0.0.1", port, args.megabytes,
+                                                            busybox)],
+                                   capture_output=True, text=True, timeout=300),
+            args.megabytes, args.transfers,
+        ))  # fmt: skip
 
     os.makedirs(f"{work}/berth")
     berth = Berth(f"{work}/berth")
@@ -243,43 +421,62 @@ def main() -> int:
         measure("berth-published-host", address, p2)
         berth.cli("rm", "-f", "web")
         berth.cli("network", "create", "benchnet")
-        start = time.monotonic()
-        names = [f"c{i}" for i in range(50)]
-        for name in names:
-            berth.cli("run", "-d", "--name", name, "--network", "benchnet", "-p", "80",
-                      "busybox", "sleep", "600")  # fmt: skip
-        made = time.monotonic() - start
-        start = time.monotonic()
-        berth.cli("rm", "-f", *names)
-        removed = time.monotonic() - start
+        for name, script in (("sink", SINK), ("cli", "sleep 3600")):
+            berth.cli("run", "-d", "--name", name, "--network", "benchnet", "busybox", "sh",
+                      "-c", script)  # fmt: skip
+        sink = berth.cli("inspect", "-f", "{{.NetworkSettings.Networks.benchnet.IPAddress}}",
+                         "sink").stdout.strip()  # fmt: skip
+        transfer("berth-user-network", c2c(berth.cli, sink, args.megabytes, args.transfers))
+        berth.cli("rm", "-f", "sink", "cli")
+        many("berth", results,
+             lambda *a: berth.cli(a[0], "--network", "benchnet", *a[1:]),
+             lambda names: berth.cli("rm", "-f", *names), args.containers)  # fmt: skip
         berth.cli("network", "rm", "benchnet")
-        results["berth-50-containers"] = {"create_start_s": round(made, 2),
-                                          "remove_s": round(removed, 2)}  # fmt: skip
-        log(f"50 networked containers: run -d {made:.1f} s, rm -f {removed:.1f} s")
         berth.cli("save", "-o", tar, "busybox")
     finally:
         berth.close()
 
-    if shutil.which("podman"):
+    if "podman" not in engines:
+        pass
+    elif shutil.which("podman"):
         podman = None
+        iptables_before = iptables_state()
+        bridge_before = os.path.exists("/sys/class/net/cni-podman0")
         try:
             os.makedirs(f"{work}/podman")
             podman = Podman(f"{work}/podman", tar)
             port = free_port()
             podman.run("run", "-d", "--name", "web", "-p", f"{port}:80", "busybox", "sh", "-c",
                        HTTPD)  # fmt: skip
-            measure("podman-published-host", address, port)
-        except (subprocess.CalledProcessError, RuntimeError) as exc:
+            measure(f"podman-{podman.version}-published-host", address, port)
+            podman.run("rm", "-f", "-t", "0", "web")
+            for name, script in (("sink", SINK), ("cli", "sleep 3600")):
+                podman.run("run", "-d", "--name", name, "busybox", "sh", "-c", script)
+            sink = podman.run("inspect", "-f", "{{.NetworkSettings.IPAddress}}",
+                              "sink").stdout.strip()  # fmt: skip
+            transfer("podman-cni-bridge", c2c(podman.run, sink, args.megabytes, args.transfers))
+            podman.run("rm", "-f", "-t", "0", "sink", "cli")
+            many("podman", results, podman.run,
+                 lambda names: podman.run("rm", "-f", "-t", "0", *names),
+                 args.containers)  # fmt: skip
+        except Exception as exc:  # reported; the others go on
             detail = getattr(exc, "stderr", "") or exc
-            results["podman-published-host"] = f"failed: {str(detail).strip()[-300:]}"
+            results["podman"] = f"failed: {str(detail).strip()[-300:]}"
+            log(f"podman: {results['podman']}")
         finally:
             if podman is not None:
                 podman.close()
+            removed = undo_cni(iptables_before, bridge_before)
+            if removed:
+                log(f"podman's CNI: removed {len(removed)} rules/chains/links made in this run")
     else:
-        results["podman-published-host"] = "skipped: podman is not installed"
+        results["podman"] = "skipped: podman is not installed"
 
-    if shutil.which("dockerd"):
+    if "docker" not in engines:
+        pass
+    elif shutil.which("dockerd"):
         docker = None
+        cgroups_before = set(glob.glob("/sys/fs/cgroup/*/docker"))
         try:
             os.makedirs(f"{work}/docker")
             docker = Docker(f"{work}/docker", tar)
@@ -287,14 +484,29 @@ def main() -> int:
             docker.cli("run", "-d", "--name", "web", "-p", f"{port}:80", "busybox", "sh", "-c",
                        HTTPD)  # fmt: skip
             measure(f"docker-{docker.version}-proxy (--iptables=false)", address, port)
-        except (subprocess.CalledProcessError, RuntimeError) as exc:
-            results["docker"] = f"failed: {exc}"
+            docker.cli("rm", "-f", "web")
+            for name, script in (("sink", SINK), ("cli", "sleep 3600")):
+                docker.cli("run", "-d", "--name", name, "busybox", "sh", "-c", script)
+            sink = docker.cli("inspect", "-f", "{{.NetworkSettings.IPAddress}}",
+                              "sink").stdout.strip()  # fmt: skip
+            transfer("docker-bridge", c2c(docker.cli, sink, args.megabytes, args.transfers))
+            docker.cli("rm", "-f", "sink", "cli")
+            many("docker", results, docker.cli, lambda names: docker.cli("rm", "-f", *names),
+                 args.containers)  # fmt: skip
+        except Exception as exc:  # reported; the others go on
+            detail = getattr(exc, "stderr", "") or exc
+            results["docker"] = f"failed: {str(detail).strip()[-300:]}"
+            log(f"docker: {results['docker']}")
         finally:
             if docker is not None:
                 docker.close()
+            for cgroup in set(glob.glob("/sys/fs/cgroup/*/docker")) - cgroups_before:
+                with contextlib.suppress(OSError):
+                    os.rmdir(cgroup)
     else:
         results["docker"] = "skipped: dockerd is not installed"
 
+    log(f"load average at end: {os.getloadavg()[0]:.2f}")
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2))
     return 0
