@@ -280,11 +280,12 @@ def _in_pty(
     daemon: Daemon,
     args: list[str],
     *,
-    send: list[tuple[float, bytes]] = (),  # type: ignore[assignment]
+    send: list[tuple[float | bytes, bytes]] = (),  # type: ignore[assignment]
     seconds: float = 3.0,
     interrupt: bool = False,
 ) -> tuple[bytes, int | None]:
-    """Run berth on a pty; (what it wrote, its exit code or None if still running)."""
+    """Run berth on a pty; (what it wrote, its exit code or None if still running).
+    Each ``send`` item goes at a time (seconds) or once its output (bytes) has shown."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: only exec
         os.environ.update(_env(daemon))
@@ -295,8 +296,11 @@ def _in_pty(
     code: int | None = None
     try:
         while time.monotonic() - start < seconds:
-            if pending and time.monotonic() - start >= pending[0][0]:
-                os.write(fd, pending.pop(0)[1])
+            if pending:
+                when = pending[0][0]
+                due = when in out if isinstance(when, bytes) else time.monotonic() - start >= when
+                if due:
+                    os.write(fd, pending.pop(0)[1])
             ready, _, _ = select.select([fd], [], [], 0.05)
             if ready:
                 try:
@@ -328,8 +332,8 @@ def test_run_it_detach_keys_leave_the_container_up(daemon: Daemon) -> None:
         out, code = _in_pty(
             daemon,
             ["run", "-it", "--name", "more-detach", "busybox", "sh"],
-            send=[(1.5, b"echo hi-there\r"), (2.0, b"\x10\x11")],
-            seconds=6,
+            send=[(b"/ # ", b"echo hi-there\r"), (b"hi-there\r\n", b"\x10\x11")],
+            seconds=15,
         )
         assert code == 0, out  # berth left on ctrl-p ctrl-q, as the docker CLI does
         assert b"hi-there" in out
@@ -338,8 +342,8 @@ def test_run_it_detach_keys_leave_the_container_up(daemon: Daemon) -> None:
         out, code = _in_pty(
             daemon,
             ["attach", "--detach-keys", "ctrl-x,x", "more-detach"],
-            send=[(1.0, b"echo again\r"), (1.5, b"\x18x")],
-            seconds=5,
+            send=[(1.0, b"echo again\r"), (b"again\r\n", b"\x18x")],
+            seconds=15,
         )
         assert code == 0 and b"again" in out, out
         assert daemon.inspect("more-detach")["State"]["Running"]
