@@ -342,7 +342,8 @@ def test_run_it_detach_keys_leave_the_container_up(daemon: Daemon) -> None:
         out, code = _in_pty(
             daemon,
             ["attach", "--detach-keys", "ctrl-x,x", "more-detach"],
-            send=[(1.0, b"echo again\r"), (b"again\r\n", b"\x18x")],
+            # typed at once (before the attach is ready, on a loaded machine): nothing lost
+            send=[(0.0, b"echo again\r"), (b"\nagain\r\n", b"\x18x")],
             seconds=15,
         )
         assert code == 0 and b"again" in out, out

@@ -344,9 +344,11 @@ class Session:
         matcher = DetachMatcher(self.detach_keys) if self.detach_keys else None
         try:
             while data := os.read(0, 65536):
-                self.stream.send(data)
-                if matcher is not None and matcher.feed(data)[1]:
+                hit = matcher is not None and matcher.feed(data)[1]
+                if hit:  # known before the daemon can end the stream on the same keys
                     self.detached = True
+                self.stream.send(data)
+                if hit:
                     # As the docker CLI does, leave without waiting for the daemon to
                     # close its side: the keys are queued before the shutdown, so the
                     # daemon still detaches; the output loop sees the end and returns.
@@ -375,7 +377,9 @@ class Session:
             import tty
 
             self._terminal = termios.tcgetattr(0)
-            tty.setraw(0)
+            # TCSANOW, not setraw's default TCSAFLUSH: keys typed (or pasted) before the
+            # stream was ready must reach the container, detach keys included
+            tty.setraw(0, termios.TCSANOW)
         if self.tty and self.resize is not None and os.isatty(sys.stdout.fileno()):
             self._resize_now()
             self._handlers[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, self._resize_now)

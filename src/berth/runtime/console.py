@@ -55,7 +55,7 @@ def proxy(master: int, stop_fd: int | None = None) -> None:
     stdin_tty = os.isatty(0)
     saved = termios.tcgetattr(0) if stdin_tty else None
     if stdin_tty:
-        tty.setraw(0)
+        tty.setraw(0, termios.TCSANOW)  # keep what was typed before the copy began
         try:
             rows, cols = os.get_terminal_size(0)
             set_size(master, rows, cols)
