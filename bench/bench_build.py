@@ -13,8 +13,10 @@ and loaded into the others, so every engine builds on the same bytes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -62,6 +64,7 @@ class Berth(Engine):
 
     def __init__(self, work: str) -> None:
         os.makedirs(work)
+        self.work = work
         self.sock = f"{work}/berth.sock"
         self.env = dict(os.environ, BERTH_HOST=f"unix://{self.sock}")
         self.proc = subprocess.Popen(
@@ -111,6 +114,11 @@ class Berth(Engine):
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
+        # berthd's monitor outlives it by design: stop it too (no container is left)
+        monitor_pid = Path(f"{self.work}/run/monitor.pid")
+        if monitor_pid.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(monitor_pid.read_text()), signal.SIGTERM)
 
 
 class BerthDockerCLI(Engine):
@@ -129,6 +137,7 @@ class Docker(Engine):
     name = "docker (legacy builder)"
 
     def __init__(self, work: str, busybox: str) -> None:
+        self.work = work
         sock = f"{work}/docker.sock"
         os.makedirs(f"{work}/cli")  # and work itself
         Path(f"{work}/cli/config.json").write_text("{}")
@@ -164,6 +173,11 @@ class Docker(Engine):
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
+        # dockerd leaves its netns bind mount (exec-root/netns/default) behind
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f if f" {self.work}/" in line]
+        for point in sorted(points, key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], check=False)
 
 
 class Podman(Engine):
