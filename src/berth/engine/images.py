@@ -155,13 +155,13 @@ class ImageService:
         if reference.digest is not None:
             raise InvalidArgument(f"refusing to create a tag with a digest reference: {repo}")
         image = self.store.tag(ref, str(reference))
-        self._image_event("tag", image.id, image, reference.familiar_string)
+        self.image_event("tag", image.id, image, reference.familiar_string)
 
     def remove(self, ref: str, *, force: bool = False) -> list[dict[str, str]]:
         image = self.store.get(ref)
         events = self.store.remove(ref, force=force)
         for kind, _value in events:
-            self._image_event("untag" if kind == "Untagged" else "delete", image.id, image)
+            self.image_event("untag" if kind == "Untagged" else "delete", image.id, image)
         return [
             {kind: _short_name(value) if kind == "Untagged" else value} for kind, value in events
         ]
@@ -214,7 +214,7 @@ class ImageService:
                 image = await pull_image(
                     client, self.store, reference, platform=platform, progress=progress
                 )
-            self._image_event("pull", reference.familiar_string, image, reference.familiar)
+            self.image_event("pull", reference.familiar_string, image, reference.familiar)
 
         async for line in self._progress_stream(work):
             yield line
@@ -263,7 +263,7 @@ class ImageService:
                     )
                     size = len(self.store.content.read(image.manifest_digest))
                     aux({"Tag": target.tag or target.digest or "", "Digest": digest, "Size": size})
-                    self._image_event("push", target.familiar_string, image, target.familiar)
+                    self.image_event("push", target.familiar_string, image, target.familiar)
 
         async for line in self._progress_stream(work):
             yield line
@@ -329,7 +329,7 @@ class ImageService:
         def produce(out: BinaryIO) -> None:
             archive.save(self.store, refs, out)
             for image in {i.id: i for i in images}.values():
-                self._image_event("save", image.id, image)
+                self.image_event("save", image.id, image)
 
         return _stream_from_thread(produce)
 
@@ -340,7 +340,7 @@ class ImageService:
 
         self._busy += 1
         try:
-            loaded = await _feed_thread(body, lambda f: archive.load(self.store, f))
+            loaded = await feed_thread(body, lambda f: archive.load(self.store, f))
         finally:
             self._busy -= 1
         seen: set[str] = set()
@@ -349,7 +349,7 @@ class ImageService:
             image = self.store.get(item)
             if image.id not in seen:
                 seen.add(image.id)
-                self._image_event("load", image.id, image)
+                self.image_event("load", image.id, image)
             out.append(item if item.startswith("sha256:") else _short_name(item))
         return out
 
@@ -381,7 +381,7 @@ class ImageService:
         wanted = parse_platform(platform) if platform else None
         self._busy += 1
         try:
-            image = await _feed_thread(
+            image = await feed_thread(
                 body,
                 lambda f: archive.import_rootfs(
                     self.store,
@@ -394,7 +394,7 @@ class ImageService:
             )
         finally:
             self._busy -= 1
-        self._image_event("import", image.id, image)
+        self.image_event("import", image.id, image)
         return image.id
 
     # ---- history, prune ------------------------------------------------------------------
@@ -530,7 +530,7 @@ class ImageService:
 
     # ---- events -------------------------------------------------------------------------
 
-    def _image_event(
+    def image_event(
         self, action: str, actor: str, image: Image | None = None, name: str | None = None
     ) -> None:
         """dockerd's LogImageEvent: the image's labels, then ``name``."""
@@ -727,7 +727,7 @@ def _stream_from_thread(produce: Callable[[BinaryIO], None]) -> AsyncIterator[by
     return gen()
 
 
-async def _feed_thread(body: AsyncIterator[bytes], consume: Callable[[BinaryIO], T]) -> T:
+async def feed_thread(body: AsyncIterator[bytes], consume: Callable[[BinaryIO], T]) -> T:
     """Run ``consume(stream)`` on a worker thread while the request body is fed into its
     stream through a pipe: a big archive is never held in memory or spooled twice."""
     read_fd, write_fd = os.pipe()
