@@ -191,11 +191,7 @@ def inspect(client: Client, args: Namespace) -> int:
             found.append(client.inspect_image(name))
         except NotFoundError:
             missing.append(name)
-    if args.format:
-        for item in found:
-            print(fmt.render(args.format, item))
-    else:
-        print(json.dumps(found, indent=4))
+    sys.stdout.write(fmt.inspected(found, args.format))
     kind = args.type or "object"
     for name in missing:
         error(f"no such {kind}: {name}")

@@ -190,3 +190,10 @@ def rows(
     lines = [[headers.get(n, n.upper()) for n in names]]
     lines += [render(template, row).split("\t") for row in items]
     return table(lines)
+
+
+def inspected(items: list[Any], form: str | None, *, sort_keys: bool = False) -> str:
+    """What ``inspect`` prints: the template once per object, else one JSON array."""
+    if form:
+        return "".join(render(form, item) + "\n" for item in items)
+    return json.dumps(items, indent=4, sort_keys=sort_keys) + "\n"

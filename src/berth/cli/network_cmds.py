@@ -277,11 +277,7 @@ def inspect(client: Client, args: Namespace) -> int:
             found.append(client.get(f"/networks/{_quote(name)}"))
         except NotFoundError as exc:
             failed.append(str(exc))
-    if args.format:
-        for item in found:
-            print(fmt.render(args.format, item))
-    else:
-        print(json.dumps(found, indent=4))
+    sys.stdout.write(fmt.inspected(found, args.format))
     for message in failed:
         error(message)
     return EXIT_ERROR if failed else 0

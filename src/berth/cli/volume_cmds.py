@@ -5,7 +5,6 @@ docker CLI prints: ``ls`` sorted by name as docker sorts it (digits as numbers),
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from argparse import Namespace
@@ -135,11 +134,8 @@ def inspect(client: Client, args: Namespace) -> int:
             found.append(client.inspect_volume(name))
         except NotFoundError as exc:
             failed.append(str(exc))
-    if args.format:
-        for item in found:
-            print(fmt.render(args.format, item))
-    else:
-        print(json.dumps(found, indent=4, sort_keys=True))  # docker's inspect re-encodes
+    # docker's volume inspect re-encodes the daemon's JSON: keys sorted
+    sys.stdout.write(fmt.inspected(found, args.format, sort_keys=True))
     for message in failed:
         error(message)
     return EXIT_ERROR if failed else 0
