@@ -6,14 +6,17 @@ input (a failing RUN, sources outside the context, Dockerfile syntax errors).
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -441,3 +444,105 @@ def test_api_stream_shape(daemon: Daemon) -> None:
     ids = [line["aux"]["ID"] for line in lines if "aux" in line]
     assert len(ids) == 1 and ids[0].startswith("sha256:")
     assert lines[-1] == {"stream": "Successfully tagged b-api:latest\n"}
+
+
+def _host_address() -> str:
+    """The host's own (non-loopback) IPv4 address: the source of its default route."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # no packet is sent for a UDP connect
+        return str(s.getsockname()[0])
+
+
+def test_run_steps_on_the_default_bridge_reach_out_through_nat(
+    cli: CLI, daemon: Daemon, tmp_path: Path
+) -> None:
+    """As dockerd: a RUN step has its own stack on the default bridge (an address, a
+    default route, NAT to the host's network); ``--network none`` has no route out;
+    the step's veth and namespace are gone afterwards."""
+    address = _host_address()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((address, 0), Quiet)
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    veths = {n for n in os.listdir("/sys/class/net") if n.startswith("brth")}
+    try:
+        write(tmp_path, {"Dockerfile": (
+            "FROM busybox\n"
+            "RUN ip -4 addr show eth0 | grep -q 'inet ' && ip route | grep -q '^default via'\n"
+            f"RUN printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {address} {port} | grep -q 200\n"
+        )})  # fmt: skip
+        cli.build(tmp_path, "--no-cache", "-t", f"b-net-{cli.name}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    write(tmp_path, {"Dockerfile": "FROM busybox\nRUN ip route | grep -q default\n"})
+    result = cli.build(tmp_path, "--no-cache", "--network", "none", ok=False)
+    assert result.returncode == 1, result.stderr
+    assert {n for n in os.listdir("/sys/class/net") if n.startswith("brth")} == veths
+    assert os.listdir(os.path.join(daemon.exec_root, "netns")) == []
+
+
+def test_run_steps_on_a_user_network_resolve_its_names(
+    cli: CLI, daemon: Daemon, tmp_path: Path
+) -> None:
+    """docker-py's scenario: ``--network NET`` puts RUN steps on a user network, where
+    the embedded DNS answers a container's alias; an unknown network is a clear 404."""
+    net = f"b-net-{cli.name}"
+    assert daemon.post("/networks/create", {"Name": net}).status == 201
+    web = ""
+    try:
+        created = daemon.post(
+            "/containers/create",
+            {
+                "Image": "busybox",
+                "Cmd": ["sh", "-c", "mkdir /w && echo up > /w/index.html && httpd -f -h /w"],
+                "HostConfig": {"NetworkMode": net},
+                "NetworkingConfig": {"EndpointsConfig": {net: {"Aliases": ["target.web"]}}},
+            },
+        )
+        web = created.json()["Id"]
+        CREATED_IDS.add(web)
+        assert daemon.post(f"/containers/{web}/start").status == 204
+        write(tmp_path, {"Dockerfile": (
+            "FROM busybox\n"
+            "RUN wget -q -O /got http://target.web/ && grep -q up /got\n"
+        )})  # fmt: skip
+        cli.build(tmp_path, "--no-cache", "--network", net)
+        result = cli.build(tmp_path, "--no-cache", "--network", "no-such-net", ok=False)
+        assert result.returncode != 0 and "no-such-net" in result.stderr
+    finally:
+        if web:
+            daemon.delete(f"/containers/{web}?force=1")
+        daemon.delete(f"/networks/{net}")
+
+
+def test_run_heredocs(cli: CLI, daemon: Daemon, tmp_path: Path) -> None:
+    """BuildKit's heredoc rules: a lone ``RUN <<EOF`` is the shell's script (or, with a
+    ``#!`` line, an executable file), and a command line with documents hands them to
+    the shell, ``<<-`` tab stripping and quoted delimiters included."""
+    write(tmp_path, {"Dockerfile": (
+        "FROM busybox\n"
+        "ENV WHO=world\n"
+        "RUN <<EOF\n"
+        "echo one > /one\n"
+        "echo two >> /one\n"
+        "EOF\n"
+        "RUN <<EOF\n"
+        "#!/bin/sh -e\n"
+        "echo \"script $0\" > /script\n"
+        "EOF\n"
+        "RUN cat <<A > /a && cat <<-'B' > /b\n"
+        "hello $WHO\n"
+        "A\n"
+        "\tkept $WHO\n"
+        "\tB\n"
+    )})  # fmt: skip
+    cli.build(tmp_path, "-t", f"b-heredoc-{cli.name}")
+    out = cli.run(f"b-heredoc-{cli.name}", "cat", "/one", "/script", "/a", "/b")
+    assert out == "one\ntwo\nscript /dev/pipes/EOF\nhello world\nkept $WHO\n"
+    assert all(cached_steps(cli.build(tmp_path, "-t", f"b-heredoc-{cli.name}").stdout))

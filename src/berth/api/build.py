@@ -16,7 +16,7 @@ from aiohttp import web
 
 from berth import errors
 from berth.api.server import add, qbool, qint, services, with_headers
-from berth.build.executor import BuildOptions
+from berth.build.executor import BuildOptions, normal_tag
 from berth.engine.builds import BuildService
 from berth.engine.images import json_line, parse_platform
 
@@ -61,7 +61,9 @@ def _builds(request: web.Request) -> BuildService:
     svc = services(request)
     holder = request.app[BUILDS]
     if not holder:
-        holder.append(BuildService(svc.images, svc.root, svc.containers.exec_root))
+        holder.append(
+            BuildService(svc.images, svc.containers.networks, svc.root, svc.containers.exec_root)
+        )
     return holder[0]
 
 
@@ -75,10 +77,8 @@ async def build(request: web.Request) -> web.StreamResponse:
     if platform:
         parse_platform(platform)
     network = q.get("networkmode") or ""
-    if network not in ("", "default", "host", "none", "bridge"):
-        raise errors.InvalidArgument(
-            f"network mode {network!r} is not supported for builds: use host or none"
-        )
+    if network.startswith("container:"):
+        raise errors.InvalidArgument(f"network mode {network!r} is not supported for builds")
     options = BuildOptions(
         dockerfile=q.get("dockerfile") or "Dockerfile",
         tags=[t for t in q.getall("t", []) if t],
@@ -94,10 +94,8 @@ async def build(request: web.Request) -> web.StreamResponse:
         cache_from=_json_list(request, "cachefrom"),
         platform=platform,
     )
-    from berth.build.executor import _normal_tag
-
     for tag in options.tags:
-        _normal_tag(tag)
+        normal_tag(tag)
     build_ = await _builds(request).prepare(
         request.content.iter_chunked(1 << 20), options, request.headers.get("X-Registry-Config")
     )

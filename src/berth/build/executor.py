@@ -37,7 +37,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 from berth.build import expand, parser, stages
 from berth.build.cache import BuildCache, step_key
@@ -77,6 +77,25 @@ _METADATA = {
 
 Emit = Callable[[dict[str, Any]], None]
 Puller = Callable[[str, str], None]
+
+
+class Sandbox(Protocol):
+    """A RUN step's network stack made by the daemon (engine/network)."""
+
+    netns: str  # the namespace's path, joined by the step
+    hosts: str  # /etc/hosts and /etc/resolv.conf for it
+    resolv: str
+
+
+class RunNetworks(Protocol):
+    """The daemon's networks as the builder needs them: one sandbox per RUN step on a
+    bridge network (the default one unless ``--network`` names another)."""
+
+    def acquire(
+        self, sandbox_id: str, network: str, hostname: str, extra_hosts: list[str]
+    ) -> Sandbox: ...
+
+    def release(self, sandbox_id: str) -> None: ...
 
 
 class BuildFailed(BerthError):
@@ -165,8 +184,10 @@ class Builder:
         work_root: str,
         emit: Emit,
         pull: Puller | None = None,
+        networks: RunNetworks | None = None,
     ) -> None:
         self.store = store
+        self.networks = networks  # None: RUN steps use the host's network (no daemon)
         self.cache = cache
         self.work_root = work_root
         self.runtime_root = os.path.join(work_root, "runtime")
@@ -253,7 +274,7 @@ class Builder:
 
     def _final_image(self, state: _State) -> Image:
         self._ensure_snapshots(state.config, state.layers)
-        names = [_normal_tag(t) for t in self.options.tags]
+        names = [normal_tag(t) for t in self.options.tags]
         return self.store.create_image(copy.deepcopy(state.config), list(state.layers), names)
 
     # ---- stages ---------------------------------------------------------------------------
@@ -517,21 +538,18 @@ class Builder:
         ins = step.ins
         if step.options.get("mount") or step.options.get("security") or step.options.get("device"):
             raise BuildFailed("RUN --mount, --security and --device need BuildKit: not supported")
+        script: parser.Heredoc | None = None
         if ins.json:
             args = list(step.args)
         elif ins.heredocs:
-            if (
-                len(ins.heredocs) != 1
-                or not step.args
-                or not step.args[0].lstrip().startswith("<<")
-            ):
-                raise BuildFailed("RUN with heredocs: only RUN <<EOF ... EOF is supported")
-            args = [*self._shell(state), ins.heredocs[0].data]
+            args, script = self._heredoc_command(state, step)
         else:
             args = [*self._shell(state), " ".join(step.args)]
         run_args = state.scope.run_args()
         cache_args = step.used_args
         created_by = " ".join(args)
+        if script is not None:  # the script is a mounted file: its text keys the step
+            created_by = f"{created_by} <<{script.name}\n{script.data}{script.name}"
         if cache_args:
             pairs = " ".join(f"{k}={v}" for k, v in sorted(cache_args.items()))
             created_by = f"|{len(cache_args)} {pairs} {created_by}"
@@ -545,12 +563,33 @@ class Builder:
         env += [f"{k}={v}" for k, v in sorted(run_args.items()) if k not in keys]
 
         def change(rootfs: str) -> None:
-            self._run_process(state, rootfs, args, env, str(network))
+            self._run_process(state, rootfs, args, env, str(network), script)
 
         self._filesystem_step(state, key, created_by, change, is_run=True)
 
+    def _heredoc_command(
+        self, state: _State, step: expand.Expanded
+    ) -> tuple[list[str], parser.Heredoc | None]:
+        """BuildKit's rules: ``RUN <<EOF`` alone runs the document (as a mounted file when
+        it starts with ``#!``, else as the shell's script); any other command line gets
+        its documents appended, and the shell reads them as its own here-documents."""
+        line = " ".join(step.args)
+        docs = step.ins.heredocs
+        if parser.parse_heredoc(line.strip()) is not None:
+            if docs[0].data.startswith("#!"):
+                return [*self._shell(state), f"/dev/pipes/{docs[0].name}"], docs[0]
+            return [*self._shell(state), docs[0].data], None
+        full = line + "".join(f"\n{doc.content}{doc.name}" for doc in docs)
+        return [*self._shell(state), full], None
+
     def _run_process(
-        self, state: _State, rootfs: str, args: list[str], env: list[str], network: str
+        self,
+        state: _State,
+        rootfs: str,
+        args: list[str],
+        env: list[str],
+        network: str,
+        script: parser.Heredoc | None = None,
     ) -> None:
         from berth.engine import specgen
 
@@ -558,13 +597,14 @@ class Builder:
         self.say(f" ---> Running in {cid[:12]}\n")
         bundle = os.path.join(self.work_root, "bundles", cid)
         os.makedirs(bundle, mode=0o700)
+        mode = network or "default"
+        sandbox: Sandbox | None = None
         try:
-            files = self._init_files(bundle, cid, network)
-            mode = "host" if network in ("host", "", "default", "bridge") else "none"
-            if network not in ("host", "none", "", "default", "bridge"):
-                raise BuildFailed(
-                    f"network mode {network!r} is not supported for RUN: use host or none"
-                )
+            if mode not in ("host", "none") and self.networks is not None:
+                sandbox = self.networks.acquire(cid, mode, cid[:12], self.options.extra_hosts)
+            elif mode not in ("host", "none"):
+                mode = "host"  # no daemon to make a network stack
+            files = self._init_files(bundle, cid, sandbox)
             spec = specgen.ContainerSpec(
                 image="",
                 image_id=state.image_id,
@@ -574,7 +614,7 @@ class Builder:
                 working_dir=state.run.get("WorkingDir") or "/",
                 user=state.run.get("User") or "",
                 hostname=cid[:12],
-                network_mode=mode,
+                network_mode="host" if mode == "host" else "none",
                 shm_size=self.options.shm_size or specgen.SHM_SIZE,
             )
             try:
@@ -585,28 +625,51 @@ class Builder:
                     hostname_file=files[0],
                     hosts_file=files[1],
                     resolv_file=files[2],
+                    namespace_paths={"network": sandbox.netns} if sandbox else None,
                 )
             except BerthError as exc:
                 raise BuildFailed(str(exc)) from None
             config["linux"]["cgroupsPath"] = f"/berth/build-{cid[:12]}"
             if mode == "host":
                 config["hostname"] = cid[:12]
+            if script is not None:
+                path = os.path.join(bundle, "pipes", script.name)
+                os.makedirs(os.path.dirname(path))
+                with open(path, "w") as f:
+                    f.write(script.data)
+                os.chmod(path, 0o755)
+                config["mounts"].append(
+                    {
+                        "destination": f"/dev/pipes/{script.name}",
+                        "type": "bind",
+                        "source": path,
+                        "options": ["rbind", "ro"],
+                    }
+                )
             with open(os.path.join(bundle, "config.json"), "w") as f:
                 json.dump(config, f)
             code = self._spawn(cid, bundle)
         finally:
             shutil.rmtree(bundle, ignore_errors=True)
+            if sandbox is not None and self.networks is not None:
+                self.networks.release(cid)
         if code != 0:
             raise BuildFailed(
                 f"The command '{' '.join(args)}' returned a non-zero code: {code}", code
             )
 
-    def _init_files(self, bundle: str, cid: str, network: str) -> tuple[str, str, str]:
+    def _init_files(self, bundle: str, cid: str, sandbox: Sandbox | None) -> tuple[str, str, str]:
         hostname = os.path.join(bundle, "hostname")
         hosts = os.path.join(bundle, "hosts")
         resolv = os.path.join(bundle, "resolv.conf")
         with open(hostname, "w") as f:
             f.write(cid[:12] + "\n")
+        if sandbox is not None:
+            with open(hosts, "w") as f:
+                f.write(sandbox.hosts)
+            with open(resolv, "w") as f:
+                f.write(sandbox.resolv)
+            return hostname, hosts, resolv
         lines = [
             "127.0.0.1\tlocalhost",
             "::1\tlocalhost ip6-localhost ip6-loopback",
@@ -1062,7 +1125,9 @@ def _familiar(tag: str) -> str:
     return ref.familiar_string
 
 
-def _normal_tag(tag: str) -> str:
+def normal_tag(tag: str) -> str:
+    """A ``-t`` as the store keeps it (``:latest`` added); a bad one is refused before
+    the build starts."""
     from berth.images.reference import parse
 
     try:
@@ -1075,7 +1140,7 @@ def _normal_tag(tag: str) -> str:
 
 
 def _with_tag(name: str) -> str:
-    return _normal_tag(name)
+    return normal_tag(name)
 
 
 def _ports(word: str) -> list[str]:

@@ -25,6 +25,7 @@ from berth.build.cache import BuildCache
 from berth.build.context import Context
 from berth.build.executor import Builder, BuildFailed, BuildOptions
 from berth.engine.images import ImageService, feed_thread
+from berth.engine.network.service import BuildSandbox, NetworkService
 
 
 def registry_auth(configs: str | None, domain: str) -> str | None:
@@ -106,9 +107,31 @@ class Build:
                 self.images.image_event("tag", image.id, image, tag)
 
 
+class _RunNetworks:
+    """The network service, called from a build's thread (its database and lock live
+    on the event loop)."""
+
+    def __init__(self, networks: NetworkService, loop: asyncio.AbstractEventLoop) -> None:
+        self.networks = networks
+        self.loop = loop
+
+    def acquire(
+        self, sandbox_id: str, network: str, hostname: str, extra_hosts: list[str]
+    ) -> BuildSandbox:
+        call = self.networks.build_sandbox(sandbox_id, network, hostname, extra_hosts)
+        return asyncio.run_coroutine_threadsafe(call, self.loop).result()
+
+    def release(self, sandbox_id: str) -> None:
+        call = self.networks.release_build_sandbox(sandbox_id)
+        asyncio.run_coroutine_threadsafe(call, self.loop).result()
+
+
 class BuildService:
-    def __init__(self, images: ImageService, root: str, exec_root: str) -> None:
+    def __init__(
+        self, images: ImageService, networks: NetworkService, root: str, exec_root: str
+    ) -> None:
         self.images = images
+        self.networks = networks
         self.root = root
         self.work_root = os.path.join(exec_root, "build")
         self.cache = BuildCache(os.path.join(root, "build"))
@@ -147,7 +170,10 @@ class BuildService:
         def pull(name: str, platform: str) -> None:  # called on the build's thread
             asyncio.run_coroutine_threadsafe(pull_async(name, platform), loop).result()
 
-        builder = Builder(self.images.store, self.cache, self.work_root, emit, pull)
+        if options.network not in ("", "default", "host", "none"):
+            self.networks.get(options.network)  # an unknown network: 404 before any output
+        run_networks = _RunNetworks(self.networks, loop)
+        builder = Builder(self.images.store, self.cache, self.work_root, emit, pull, run_networks)
         try:
             await feed_thread(body, context.extract)
             await asyncio.to_thread(builder.prepare, context, options)

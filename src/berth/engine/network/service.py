@@ -28,6 +28,7 @@ import secrets
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from berth.engine.filters import values as _values
@@ -105,6 +106,9 @@ class NetworkService:
             for endpoint in self.db.endpoints(container_id=container_id):
                 if endpoint["Veth"] in existing:
                     await asyncio.to_thread(links.delete_link, endpoint["Veth"])
+            if (self.db.container(container_id) or {}).get("Build"):
+                self.db.forget_container(container_id)  # a RUN step of a build cut short
+                continue
             self._set_runtime(container_id, {})
         self._apply()
         for network in self._bridges():
@@ -554,9 +558,7 @@ class NetworkService:
                 else options
             )
         elif not servers:
-            servers = [
-                s for s in _resolv_servers(host_lines) if not re.match(r"^(127\.|::1$)", s)
-            ] or ["8.8.8.8", "8.8.4.4"]
+            servers = _forwarded_servers(host_lines)
         text = "".join(f"nameserver {s}\n" for s in servers)
         if search:
             text += "search " + " ".join(search) + "\n"
@@ -1048,6 +1050,87 @@ class NetworkService:
             network["Id"],
             {"container": container.id, "name": network["Name"], "type": "bridge"},
         )
+
+    # ---- build sandboxes --------------------------------------------------------------------
+
+    async def build_sandbox(
+        self, sandbox_id: str, ref: str, hostname: str, extra_hosts: list[str]
+    ) -> BuildSandbox:
+        """A RUN step's network stack, as dockerd gives its build containers: a namespace
+        on the default bridge (or the named bridge network, with its embedded DNS), NAT
+        out. The record says ``Build``, so a daemon that starts after a crash forgets it."""
+        network = self.get("bridge" if ref in ("", "default") else ref)
+        if network["Driver"] != "bridge":
+            raise InvalidArgument(f"a build cannot use network {ref}: not a bridge network")
+        hosts = [
+            "127.0.0.1\tlocalhost",
+            "::1\tlocalhost ip6-localhost ip6-loopback",
+            *(f"{a}\t{n}" for n, _, a in (e.partition(":") for e in extra_hosts)),
+        ]
+        async with self._lock:
+            path = os.path.join(self.netns_dir, sandbox_id)
+            self.db.set_container(sandbox_id, {"Mode": network["Name"], "Build": True})
+            try:
+                endpoint = self._new_endpoint(sandbox_id, "", network, {}, 0)
+                netns.prepare_dir(self.netns_dir)
+                netns.create(path)
+                await asyncio.to_thread(
+                    links.attach,
+                    path,
+                    host_name=endpoint["Veth"],
+                    ifname="eth0",
+                    bridge=network["_Bridge"],
+                    address=endpoint["IPAddress"],
+                    prefixlen=endpoint["IPPrefixLen"],
+                    mac=endpoint["MacAddress"],
+                    gateway=endpoint["Gateway"],
+                )
+            except BaseException:
+                self._release_build_sandbox(sandbox_id)
+                raise
+        hosts.append(f"{endpoint['IPAddress']}\t{hostname}")
+        host_lines = _host_resolv()
+        if self._user_defined(network["Id"]):
+            resolv = f"nameserver {endpoint['BridgeGateway']}\noptions ndots:0\n"
+        else:
+            resolv = "".join(f"nameserver {s}\n" for s in _forwarded_servers(host_lines))
+        search = [w for line in host_lines if line.startswith("search") for w in line.split()[1:]]
+        if search:
+            resolv += "search " + " ".join(search) + "\n"
+        return BuildSandbox(path, "\n".join(hosts) + "\n", resolv)
+
+    async def release_build_sandbox(self, sandbox_id: str) -> None:
+        async with self._lock:
+            self._release_build_sandbox(sandbox_id)
+
+    def _release_build_sandbox(self, sandbox_id: str) -> None:
+        for endpoint in self.db.endpoints(container_id=sandbox_id):
+            try:
+                links.delete_link(endpoint["Veth"])
+            except Exception as exc:
+                _log(f"cannot delete {endpoint['Veth']}: {exc}")
+        try:
+            netns.remove(os.path.join(self.netns_dir, sandbox_id))
+        except Exception as exc:
+            _log(f"build {sandbox_id[:12]}: cannot remove the network namespace: {exc}")
+        self.db.forget_container(sandbox_id)
+
+
+@dataclass
+class BuildSandbox:
+    """What a RUN step joins: the namespace path and its /etc/hosts and resolv.conf."""
+
+    netns: str
+    hosts: str
+    resolv: str
+
+
+def _forwarded_servers(host_lines: list[str]) -> list[str]:
+    """The host's resolvers a container can reach (not the host's loopback ones)."""
+    return [s for s in _resolv_servers(host_lines) if not re.match(r"^(127\.|::1$)", s)] or [
+        "8.8.8.8",
+        "8.8.4.4",
+    ]
 
 
 def _endpoint_view(
