@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -229,3 +230,36 @@ def test_berth_system_info_and_df_json(clean: Daemon) -> None:
     assert [r["Type"] for r in rows] == ["Images", "Containers", "Local Volumes", "Build Cache"]
     bad = berth(clean, "system", "frobnicate")
     assert bad.returncode == 125 and bad.stderr.startswith("berth system: unknown command")
+
+
+def test_prune_until_and_label_filters(clean: Daemon) -> None:
+    """``--filter until=`` (a duration, an RFC 3339 time, Unix seconds) and ``label``/
+    ``label!`` narrow container and network prunes as dockerd's do; bad values are one
+    clear error."""
+    daemon = clean
+    tag = uuid.uuid4().hex[:8]
+    old_net = f"prune-old-{tag}"
+    assert docker(daemon, "network", "create", "--label", "keep=1", old_net).returncode == 0
+    old_box = _created(daemon, "--label", "keep=1", "busybox", "true")
+    time.sleep(2.2)
+    new_net = f"prune-new-{tag}"
+    assert docker(daemon, "network", "create", new_net).returncode == 0
+    new_box = _created(daemon, "busybox", "true")
+    try:
+        for kind in ("container", "network"):
+            out = docker(daemon, kind, "prune", "-f", "--filter", "until=1h")
+            assert out.returncode == 0 and old_net not in out.stdout, out
+        nets = docker(daemon, "network", "prune", "-f", "--filter", "until=2s").stdout
+        assert old_net in nets and new_net not in nets
+        boxes = docker(daemon, "container", "prune", "-f", "--filter", "until=2s").stdout
+        assert old_box in boxes and new_box not in boxes
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))
+        nets = docker(daemon, "network", "prune", "-f", "--filter", "label!=keep",
+                      "--filter", f"until={stamp}").stdout  # fmt: skip
+        assert new_net in nets
+        bad = docker(daemon, "network", "prune", "-f", "--filter", "until=yesterday")
+        assert bad.returncode != 0 and "invalid until" in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+    finally:
+        for net in (old_net, new_net):
+            daemon.delete(f"/networks/{net}")

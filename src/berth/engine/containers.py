@@ -28,6 +28,7 @@ from berth.engine import jsonlog, restarts, specgen
 from berth.engine.container_ops import ContainerOps
 from berth.engine.events import EventBus
 from berth.engine.execs import ExecService
+from berth.engine.filters import label_matches, until_epoch
 from berth.engine.filters import values as filter_values
 from berth.engine.health import HealthChecker
 from berth.engine.health import validate as validate_healthcheck
@@ -39,7 +40,7 @@ from berth.engine.state import EngineDB
 from berth.engine.volumes import VolumeService, mount_points
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound, SystemFailure
 from berth.images.store import ImageStore
-from berth.units import human_duration
+from berth.units import human_duration, rfc3339_epoch
 
 CREATED, RUNNING, EXITED, REMOVING = "created", "running", "exited", "removing"
 BUILTIN_RUNTIME = "berth-runtime"
@@ -70,15 +71,6 @@ class NotModified(BerthError):
 
 def _now() -> str:
     return jsonlog.rfc3339nano()
-
-
-def _epoch(stamp: str) -> float:
-    """Seconds since the epoch of an RFC 3339 UTC time as Berth writes them."""
-    if not stamp or stamp.startswith("0001-"):
-        return 0.0
-    base, _, frac = stamp.rstrip("Z").partition(".")
-    seconds = time.mktime(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) - time.timezone
-    return seconds + (float("0." + frac) if frac else 0.0)
 
 
 class Container:
@@ -264,7 +256,7 @@ class ContainerService:
             self.db.update(container_id, container.data)
             if oom_killed:
                 self.publish(container, "oom")
-            started = _epoch(str(container.state.get("StartedAt") or ""))
+            started = rfc3339_epoch(str(container.state.get("StartedAt") or ""))
             self.publish(
                 container,
                 "die",
@@ -925,19 +917,19 @@ class ContainerService:
         for key in filters:
             if key not in ("until", "label", "label!"):
                 raise InvalidArgument(f"invalid filter '{key}'")
-        until = [_parse_until(u) for u in values("until")]
+        until = [until_epoch(u) for u in values("until")]
         deleted: list[str] = []
         reclaimed = 0
         for record in self.db.all():
             container = Container(record)
             if container.status in (RUNNING, REMOVING) or container.state.get("Restarting"):
                 continue
-            if any(_epoch(container.data["Created"]) >= u for u in until):
+            if any(rfc3339_epoch(container.data["Created"]) >= u for u in until):
                 continue
             labels = container.spec.labels
-            if not all(_label_matches(labels, f) for f in values("label")):
+            if not all(label_matches(labels, f) for f in values("label")):
                 continue
-            if any(_label_matches(labels, f) for f in values("label!")):
+            if any(label_matches(labels, f) for f in values("label!")):
                 continue
             size = self._layer_size(container.id)
             try:
@@ -1227,16 +1219,16 @@ class ContainerService:
             spec = container.spec
             state = container.state
             if status == RUNNING:
-                text = "Up " + human_duration(now - _epoch(state["StartedAt"]))
+                text = "Up " + human_duration(now - rfc3339_epoch(state["StartedAt"]))
                 if state.get("Paused"):
                     text += " (Paused)"
                 else:
                     text += self.health.ps_suffix(container.id)
             elif state.get("Restarting"):
-                ago = human_duration(now - _epoch(state["FinishedAt"]))
+                ago = human_duration(now - rfc3339_epoch(state["FinishedAt"]))
                 text = f"Restarting ({state['ExitCode']}) {ago} ago"
             elif status == EXITED:
-                ago = human_duration(now - _epoch(state["FinishedAt"]))
+                ago = human_duration(now - rfc3339_epoch(state["FinishedAt"]))
                 text = f"Exited ({state['ExitCode']}) {ago} ago"
             else:
                 text = "Created"
@@ -1247,7 +1239,7 @@ class ContainerService:
                     "Image": spec.image,
                     "ImageID": spec.image_id,
                     "Command": " ".join(spec.args),
-                    "Created": int(_epoch(container.data["Created"])),
+                    "Created": int(rfc3339_epoch(container.data["Created"])),
                     "Ports": self.networks.port_list(container),
                     "Labels": spec.labels,
                     "State": _display_status(container),
@@ -1314,28 +1306,6 @@ def _default_host_config() -> dict[str, Any]:
         "MaskedPaths": list(specgen.MASKED_PATHS),
         "ReadonlyPaths": list(specgen.READONLY_PATHS),
     }
-
-
-def _parse_until(text: str) -> float:
-    """``until``: seconds since the epoch, an RFC 3339 time, or a duration ago (10m)."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text)
-    if match:
-        scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}[match[2]]
-        return time.time() - float(match[1]) * scale
-    try:
-        return _epoch(text if text.endswith("Z") else text + "Z")
-    except ValueError:
-        raise InvalidArgument(f"invalid until filter: {text!r}") from None
-
-
-def _label_matches(labels: dict[str, str], wanted: str) -> bool:
-    key, eq, value = wanted.partition("=")
-    return key in labels and (not eq or labels[key] == value)
 
 
 def _display_status(container: Container) -> str:

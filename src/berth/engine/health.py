@@ -24,11 +24,11 @@ import json
 import os
 import signal
 import time
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from berth.engine import jsonlog
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound
+from berth.units import rfc3339_epoch
 
 if TYPE_CHECKING:
     from berth.engine.containers import Container, ContainerService
@@ -104,16 +104,6 @@ def probe_command(container: Container, config: dict[str, Any]) -> list[str]:
 def _duration(config: dict[str, Any], name: str, default: int) -> float:
     value = config.get(name) or 0
     return (value if value > 0 else default) / SECOND
-
-
-def _started_epoch(stamp: str) -> float:
-    """Seconds since the epoch of ``StartedAt`` (RFC 3339, nanoseconds allowed)."""
-    base, _, frac = stamp.rstrip("Z").partition(".")
-    try:
-        when = datetime.fromisoformat(base + "+00:00").timestamp()
-    except ValueError:
-        return time.time()
-    return when + (float("0." + frac) if frac.isdigit() else 0.0)
 
 
 class HealthChecker:
@@ -219,7 +209,7 @@ class HealthChecker:
                 continue
             if self._load(container.id) is None:
                 self._save(container.id, {"Status": STARTING, "FailingStreak": 0, "Log": []})
-            self._spawn(container.id, _started_epoch(str(state.get("StartedAt") or "")))
+            self._spawn(container.id, rfc3339_epoch(state.get("StartedAt")) or time.time())
 
     async def shutdown(self) -> None:
         tasks = list(self.tasks.values())

@@ -13,21 +13,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import calendar
 import contextlib
 import fcntl
 import json
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from berth.engine.events import EventBus
+from berth.engine.filters import label_matches, until_epoch
 from berth.engine.filters import values as _filter_values
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound
 from berth.images.reference import Reference
 from berth.images.reference import parse as parse_reference
 from berth.images.store import Image, ImageStore
+from berth.units import rfc3339_epoch
 
 if TYPE_CHECKING:
     from berth.distribution.auth import Credentials
@@ -43,14 +43,7 @@ CHUNK = 1 << 20
 
 
 def _created_epoch(image: Image) -> int:
-    stamp = image.config.created
-    if not stamp:
-        return int(image.created)
-    base = stamp[:19]
-    try:
-        return int(time.mktime(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) - time.timezone)
-    except ValueError:
-        return int(image.created)
+    return int(rfc3339_epoch(image.config.created) or image.created)
 
 
 def _digests(image: Image) -> list[str]:
@@ -420,7 +413,7 @@ class ImageService:
                 0,
                 {
                     "Comment": item.get("comment") or "",
-                    "Created": _epoch(item.get("created")),
+                    "Created": int(rfc3339_epoch(item.get("created"))),
                     "CreatedBy": item.get("created_by") or "",
                     "Id": "<missing>",
                     "Size": size,
@@ -487,7 +480,7 @@ class ImageService:
                 dangling_only = False
             elif value not in ("true", "1"):
                 raise InvalidArgument(f"invalid filter dangling={value!r}: use true or false")
-        until = [_until_epoch(v) for v in _filter_values(filters, "until")]
+        until = [until_epoch(v) for v in _filter_values(filters, "until")]
         labels = _filter_values(filters, "label")
         not_labels = _filter_values(filters, "label!")
         if used is None:
@@ -502,9 +495,9 @@ class ImageService:
             if until and not all(_created_epoch(image) < u for u in until):
                 continue
             image_labels = image.config.labels
-            if labels and not all(_label_match(image_labels, f) for f in labels):
+            if labels and not all(label_matches(image_labels, f) for f in labels):
                 continue
-            if not_labels and any(_label_match(image_labels, f) for f in not_labels):
+            if not_labels and any(label_matches(image_labels, f) for f in not_labels):
                 continue
             doomed.append(image)
         keep_blobs: set[str] = set()
@@ -618,54 +611,6 @@ def parse_platform(text: str) -> Platform:
             f"invalid platform {text!r}: unknown operating system or architecture"
         )
     return platform
-
-
-def _epoch(stamp: Any) -> int:
-    """An RFC 3339 time as Unix seconds (0 when absent or unreadable)."""
-    if not isinstance(stamp, str) or len(stamp) < 19:
-        return 0
-    try:
-        base = calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))
-    except ValueError:
-        return 0
-    rest = stamp[19:]
-    if "." in rest[:1]:
-        rest = rest[1:].lstrip("0123456789")
-    if rest[:1] in ("+", "-") and len(rest) >= 6:
-        offset = int(rest[1:3]) * 3600 + int(rest[4:6]) * 60
-        base += -offset if rest[0] == "+" else offset
-    return int(base)
-
-
-def _until_epoch(value: str) -> float:
-    """A prune ``until``: Unix seconds, an RFC 3339 time, or a Go duration before now."""
-    from berth.images.changes import parse_go_duration
-
-    text = value.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    if len(text) >= 10 and text[4:5] == "-":
-        stamp = text if "T" in text else text + "T00:00:00"
-        if len(stamp) == 19:
-            stamp += "Z"
-        epoch = _epoch(stamp)
-        if epoch:
-            return float(epoch)
-    try:
-        return time.time() - parse_go_duration(text) / 1e9
-    except InvalidArgument:
-        raise InvalidArgument(
-            f"invalid until {value!r}: use a Unix time, an RFC 3339 date or a duration (24h)"
-        ) from None
-
-
-def _label_match(labels: dict[str, str], wanted: str) -> bool:
-    key, eq, value = wanted.partition("=")
-    if key not in labels:
-        return False
-    return not eq or labels[key] == value
 
 
 def _in_own_thread(fn: Callable[[], T]) -> asyncio.Future[T]:

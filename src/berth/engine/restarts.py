@@ -17,6 +17,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from berth.errors import BerthError, InvalidArgument
+from berth.units import rfc3339_epoch
 
 if TYPE_CHECKING:
     from berth.engine.containers import ContainerService
@@ -87,9 +88,7 @@ class RestartManager:
             code == 0 or (retries > 0 and int(record.get("RestartCount") or 0) >= retries)
         ):
             return False
-        from berth.engine.containers import _epoch
-
-        ran = _epoch(state.get("FinishedAt") or "") - _epoch(state.get("StartedAt") or "")
+        ran = rfc3339_epoch(state.get("FinishedAt")) - rfc3339_epoch(state.get("StartedAt"))
         previous = self.delays.get(container_id, 0.0)
         delay = FIRST_DELAY if not previous or ran >= RESET_AFTER else min(previous * 2, MAX_DELAY)
         self.delays[container_id] = delay

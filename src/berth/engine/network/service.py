@@ -31,11 +31,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from berth.engine.filters import label_matches, until_epoch
 from berth.engine.filters import values as _values
 from berth.engine.filters import values as filter_values
 from berth.engine.network import ipam, links, netns, nft, ports
 from berth.engine.network.dns import Listener, Resolver
 from berth.errors import BerthError, Conflict, InvalidArgument, NotFound
+from berth.units import rfc3339_epoch
 
 if TYPE_CHECKING:
     from berth.engine.containers import Container, ContainerService
@@ -945,18 +947,16 @@ class NetworkService:
 
     async def prune(self, filters: dict[str, Any]) -> list[str]:
         deleted = []
-        until = filters.get("until")
+        until = [until_epoch(v) for v in _values(filters, "until")]
         for network in self.db.networks():
             if network["Name"] in PREDEFINED or self.db.endpoints(network_id=network["Id"]):
                 continue
-            if until:
-                continue  # time filters: kept conservative (nothing pruned)
-            labels_ok = True
-            for label in _values(filters, "label"):
-                key, eq, value = label.partition("=")
-                if key not in network["Labels"] or (eq and network["Labels"][key] != value):
-                    labels_ok = False
-            if not labels_ok:
+            if any(rfc3339_epoch(network["Created"]) >= u for u in until):
+                continue
+            labels = network["Labels"] or {}
+            if not all(label_matches(labels, f) for f in _values(filters, "label")):
+                continue
+            if any(label_matches(labels, f) for f in _values(filters, "label!")):
                 continue
             with contextlib.suppress(NotFound, Conflict):
                 await self.remove(network["Id"])
