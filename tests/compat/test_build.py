@@ -541,8 +541,16 @@ def test_run_heredocs(cli: CLI, daemon: Daemon, tmp_path: Path) -> None:
         "A\n"
         "\tkept $WHO\n"
         "\tB\n"
+        "COPY <<G <<'R' /docs/\n"
+        "hi ${WHO}\n"
+        "G\n"
+        "raw ${WHO}\n"
+        "R\n"
     )})  # fmt: skip
     cli.build(tmp_path, "-t", f"b-heredoc-{cli.name}")
-    out = cli.run(f"b-heredoc-{cli.name}", "cat", "/one", "/script", "/a", "/b")
-    assert out == "one\ntwo\nscript /dev/pipes/EOF\nhello world\nkept $WHO\n"
+    out = cli.run(f"b-heredoc-{cli.name}", "cat", "/one", "/script", "/a", "/b", "/docs/G",
+                  "/docs/R")  # fmt: skip
+    assert out == (
+        "one\ntwo\nscript /dev/pipes/EOF\nhello world\nkept $WHO\nhi world\nraw ${WHO}\n"
+    )
     assert all(cached_steps(cli.build(tmp_path, "-t", f"b-heredoc-{cli.name}").stdout))
