@@ -10,6 +10,7 @@ downloading or extracting.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import http.client
@@ -17,6 +18,7 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import tarfile
@@ -287,3 +289,44 @@ def test_kill9_in_the_middle_of_a_commit(fresh: Daemon, point: str) -> None:
     for c in (new, cid):
         assert fresh.delete(f"/containers/{c}?force=1").status == 204
     assert fresh.delete(f"/images/{image}").status == 200
+
+
+def test_kill9_in_the_middle_of_a_run_step(fresh: Daemon) -> None:
+    """berthd killed while a build's RUN step runs on the default bridge: the next berthd
+    leaves no build snapshot, mount, namespace, veth or address behind, and builds."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = b"FROM busybox\nRUN echo up-$((1+1)) && sleep 2 && touch /x\n"
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    conn = UnixHTTPConnection(fresh.socket, 60)
+    conn.request("POST", "/build?t=cut-build&nocache=1", body=buf.getvalue())
+    answer = conn.getresponse()
+    seen = b""
+    while b"up-2" not in seen:
+        chunk = answer.readline()
+        assert chunk, seen
+        seen += chunk
+    step = re.search(rb"Running in ([0-9a-f]{12})", seen)
+    assert step, seen
+    _kill9(fresh)
+    conn.close()
+    time.sleep(2.5)  # the step's runtime outlives the daemon until its process ends
+    fresh.start()
+    assert not [k for k, kind in _snapshot_kinds(fresh) if kind != "committed"]
+    assert not [p for p in fresh.mounts() if "/build/" in p]
+    assert os.listdir(os.path.join(fresh.exec_root, "netns")) == []
+    assert not glob.glob(f"/sys/fs/cgroup/*/berth/build-{step[1].decode()}")
+    runtime_root = os.path.join(fresh.exec_root, "build", "runtime")
+    assert not os.path.isdir(runtime_root) or os.listdir(runtime_root) == []
+    bridge = fresh.get("/networks/bridge").json()
+    assert bridge["Containers"] == {}
+    name = bridge["Options"]["com.docker.network.bridge.name"]
+    assert os.listdir(f"/sys/class/net/{name}/brif") == []  # the step's veth is gone
+    conn = UnixHTTPConnection(fresh.socket, 60)
+    conn.request("POST", "/build?t=cut-build&nocache=1", body=buf.getvalue())
+    body = conn.getresponse().read()
+    conn.close()
+    assert b"Successfully tagged cut-build:latest" in body, body[-500:]
+    assert fresh.delete("/images/cut-build").status == 200

@@ -26,6 +26,7 @@ from berth.build.context import Context
 from berth.build.executor import Builder, BuildFailed, BuildOptions
 from berth.engine.images import ImageService, feed_thread
 from berth.engine.network.service import BuildSandbox, NetworkService
+from berth.engine.reconcile import build_work_root
 
 
 def registry_auth(configs: str | None, domain: str) -> str | None:
@@ -133,7 +134,7 @@ class BuildService:
         self.images = images
         self.networks = networks
         self.root = root
-        self.work_root = os.path.join(exec_root, "build")
+        self.work_root = build_work_root(exec_root)
         self.cache = BuildCache(os.path.join(root, "build"))
 
     async def prepare(
