@@ -39,7 +39,7 @@ def create_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aux-address", action="append", default=[], metavar="NAME=ADDRESS")
     p.add_argument("--internal", action="store_true", help="no route out of the network")
     p.add_argument("--attachable", action="store_true")
-    p.add_argument("--ipv6", action="store_true", help="not supported yet")
+    p.add_argument("--ipv6", action="store_true", help="IPv6 too (a ULA /64 without --subnet)")
     p.add_argument("-l", "--label", action="append", default=[], metavar="KEY[=VALUE]")
     p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("name", metavar="NAME")
@@ -65,6 +65,7 @@ def rm_arguments(p: argparse.ArgumentParser) -> None:
 def connect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alias", action="append", default=[], metavar="NAME")
     p.add_argument("--ip", metavar="ADDRESS")
+    p.add_argument("--ip6", metavar="ADDRESS")
     p.add_argument("--link", action="append", default=[], metavar="CONTAINER[:ALIAS]")
     p.add_argument("network", metavar="NETWORK")
     p.add_argument("container", metavar="CONTAINER")
@@ -88,6 +89,7 @@ def run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expose", action="append", default=[], metavar="PORT[/PROTO]")
     p.add_argument("--network-alias", action="append", default=[], metavar="NAME")
     p.add_argument("--ip", metavar="ADDRESS", help="IPv4 address on a user network")
+    p.add_argument("--ip6", metavar="ADDRESS", help="IPv6 address on a user network")
     p.add_argument("--add-host", action="append", default=[], metavar="NAME:ADDRESS")
     p.add_argument("--dns", action="append", default=[], metavar="ADDRESS")
     p.add_argument("--dns-search", action="append", default=[], metavar="DOMAIN")
@@ -175,17 +177,27 @@ def apply_run_options(args: Namespace, config: dict[str, Any], host: dict[str, A
     ):
         if values:
             host[key] = list(values)
-    if args.network_alias or args.ip:
+    if args.network_alias or args.ip or args.ip6:
         network = args.network or "default"
         if network in ("default", "bridge", "host", "none") or network.startswith("container:"):
-            what = "--network-alias" if args.network_alias else "--ip"
+            what = "--network-alias" if args.network_alias else "--ip" if args.ip else "--ip6"
             raise UsageError(f"{what} needs a user-defined network (--network NAME)")
         endpoint: dict[str, Any] = {}
         if args.network_alias:
             endpoint["Aliases"] = list(args.network_alias)
-        if args.ip:
-            endpoint["IPAMConfig"] = {"IPv4Address": args.ip}
+        if args.ip or args.ip6:
+            endpoint["IPAMConfig"] = _ipam_config(args.ip, args.ip6)
         config["NetworkingConfig"] = {"EndpointsConfig": {network: endpoint}}
+
+
+def _ipam_config(ip: str | None, ip6: str | None) -> dict[str, str]:
+    """An endpoint's ``IPAMConfig`` from ``--ip``/``--ip6``."""
+    result = {}
+    if ip:
+        result["IPv4Address"] = ip
+    if ip6:
+        result["IPv6Address"] = ip6
+    return result
 
 
 # ---- verbs --------------------------------------------------------------------------------
@@ -201,17 +213,40 @@ def _pairs(items: list[str], flag: str, *, need_value: bool) -> dict[str, str]:
     return result
 
 
+def _pools(subnets: list[str], gateways: list[str], ranges: list[str]) -> list[dict[str, Any]]:
+    """``IPAM.Config`` entries: each gateway and range goes with the subnet that holds it
+    (the docker CLI's rule, so ``--subnet 10.1.0.0/24 --subnet fd00::/64 --gateway
+    fd00::1`` pairs the gateway with the IPv6 subnet)."""
+    import ipaddress
+
+    pools: list[dict[str, Any]] = [{"Subnet": s} for s in subnets]
+    for key, values in (("Gateway", gateways), ("IPRange", ranges)):
+        for value in values:
+            home = None
+            for pool in pools:
+                try:
+                    net = ipaddress.ip_network(pool["Subnet"], strict=False)
+                    inside = (
+                        ipaddress.ip_network(value, strict=False).subnet_of(net)  # type: ignore[arg-type]
+                        if key == "IPRange"
+                        else ipaddress.ip_address(value) in net
+                    )
+                except (ValueError, TypeError):
+                    inside = False
+                if inside and key not in pool:
+                    home = pool
+                    break
+            if home is None:
+                flag = "--gateway" if key == "Gateway" else "--ip-range"
+                raise UsageError(f"{flag} {value} is in none of the --subnet values")
+            home[key] = value
+    return pools
+
+
 def create(client: Client, args: Namespace) -> int:
     if len(args.gateway) > len(args.subnet) or len(args.ip_range) > len(args.subnet):
         raise UsageError("--gateway and --ip-range need a --subnet each")
-    pools: list[dict[str, Any]] = []
-    for i, subnet in enumerate(args.subnet):
-        pool: dict[str, Any] = {"Subnet": subnet}
-        if i < len(args.gateway):
-            pool["Gateway"] = args.gateway[i]
-        if i < len(args.ip_range):
-            pool["IPRange"] = args.ip_range[i]
-        pools.append(pool)
+    pools = _pools(args.subnet, args.gateway, args.ip_range)
     if args.aux_address:
         if not pools:
             raise UsageError("--aux-address needs a --subnet")
@@ -310,8 +345,8 @@ def connect(client: Client, args: Namespace) -> int:
     endpoint: dict[str, Any] = {}
     if args.alias:
         endpoint["Aliases"] = list(args.alias)
-    if args.ip:
-        endpoint["IPAMConfig"] = {"IPv4Address": args.ip}
+    if args.ip or args.ip6:
+        endpoint["IPAMConfig"] = _ipam_config(args.ip, args.ip6)
     if args.link:
         endpoint["Links"] = [link if ":" in link else f"{link}:{link}" for link in args.link]
     body = {"Container": args.container, "EndpointConfig": endpoint}

@@ -3,7 +3,8 @@
 One UDP and one TCP listener on each user network's gateway address, port 53. A
 question for a name known on the asking container's networks (container names,
 ``--network-alias``, compose service aliases, the short id) is answered with every
-matching address (several A records for a scaled service); anything else is
+matching address (several A records for a scaled service; AAAA records for the
+IPv6 addresses of networks with IPv6); anything else is
 forwarded to the host's resolvers from ``/etc/resolv.conf`` and the answer relayed.
 """
 
@@ -16,7 +17,7 @@ import socket
 import struct
 from collections.abc import Callable
 
-from dnslib import QTYPE, RCODE, RR, A, DNSRecord  # type: ignore[import-untyped]
+from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSRecord  # type: ignore[import-untyped]
 
 Lookup = Callable[[str, str], list[str] | None]  # (client address, name) -> addresses
 TTL = 600
@@ -50,8 +51,11 @@ class Resolver:
         addresses = self.lookup(client, name)
         if addresses is not None:
             reply = query.reply()
-            if question.qtype in (QTYPE.A, QTYPE.ANY):
-                for address in addresses:
+            for address in addresses:
+                if ":" in address and question.qtype in (QTYPE.AAAA, QTYPE.ANY):
+                    rdata = AAAA(address)
+                    reply.add_answer(RR(question.qname, QTYPE.AAAA, rdata=rdata, ttl=TTL))
+                elif ":" not in address and question.qtype in (QTYPE.A, QTYPE.ANY):
                     reply.add_answer(RR(question.qname, QTYPE.A, rdata=A(address), ttl=TTL))
             return bytes(reply.pack())
         if forward:

@@ -5,10 +5,14 @@ An endpoint (a container on a network) holds its address from the container's cr
 address)`` makes a collision impossible, across daemon restarts too. Subnets for
 networks made without one come from a pool, skipping any that overlap the host's
 routes and addresses or another network.
+
+IPv6 (``EnableIPv6``) adds a second subnet, ``IPAM.Config[1]``; an endpoint's IPv6
+address lives in the ``address6`` column, unique per network as the IPv4 one is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import sqlite3
@@ -47,8 +51,55 @@ def pool(default_bridge: bool = False) -> Iterator[ipaddress.IPv4Network]:
     yield from ipaddress.IPv4Network("10.208.0.0/12").subnets(new_prefix=24)
 
 
+def ula_pool(seed: str) -> Iterator[ipaddress.IPv6Network]:
+    """/64s of one unique-local /48 (RFC 4193: fd + a 40-bit global id, here derived
+    from ``seed`` so a daemon keeps its prefix across restarts)."""
+    global_id = hashlib.sha256(seed.encode()).digest()[:5]
+    prefix = ipaddress.IPv6Network((b"\xfd" + global_id + bytes(10), 48))
+    return prefix.subnets(new_prefix=64)
+
+
+def pick_subnet6(taken: Iterable[str], seed: str) -> ipaddress.IPv6Network:
+    """The first /64 of the daemon's ULA /48 that overlaps nothing in ``taken``."""
+    used = _parsed(taken, 6)
+    for count, candidate in enumerate(ula_pool(seed)):
+        if count > 4096:
+            break
+        if not any(candidate.overlaps(u) for u in used):
+            return candidate
+    raise Conflict("could not find an available, non-overlapping IPv6 address pool")
+
+
+def _parsed(taken: Iterable[str], version: int) -> list[Any]:
+    """The subnets of one IP version among ``taken`` (others are skipped)."""
+    result = []
+    for text in taken:
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            continue
+        if net.version == version:
+            result.append(net)
+    return result
+
+
+def v4_config(network: dict[str, Any]) -> dict[str, Any]:
+    """The IPv4 entry of a network's ``IPAM.Config`` (always the first)."""
+    return dict(network["IPAM"]["Config"][0])
+
+
+def v6_config(network: dict[str, Any]) -> dict[str, Any] | None:
+    """The IPv6 entry of ``IPAM.Config``, when the network has IPv6 enabled."""
+    if not network.get("EnableIPv6"):
+        return None
+    for config in network["IPAM"]["Config"]:
+        if ":" in str(config.get("Subnet") or ""):
+            return dict(config)
+    return None
+
+
 def pick_subnet(taken: Iterable[str]) -> ipaddress.IPv4Network:
-    used = [ipaddress.IPv4Network(t, strict=False) for t in taken]
+    used = _parsed(taken, 4)
     for candidate in pool():
         if not any(candidate.overlaps(u) for u in used):
             return candidate
@@ -67,6 +118,14 @@ class NetworkDB:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         conn.executescript(SCHEMA)
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(endpoints)")}
+        with conn:  # IPv6: added to files made before it existed
+            if "address6" not in columns:
+                conn.execute("ALTER TABLE endpoints ADD COLUMN address6 TEXT NOT NULL DEFAULT ''")
+            conn.execute(
+                "CREATE UNIQUE INDEX IF NOT EXISTS endpoints_address6"
+                " ON endpoints (network_id, address6) WHERE address6 != ''"
+            )
 
     # ---- networks ----------------------------------------------------------------------
 
@@ -140,18 +199,22 @@ class NetworkDB:
         try:
             with self.conn:
                 self.conn.execute(
-                    "INSERT INTO endpoints (container_id, network_id, address, record)"
-                    " VALUES (?, ?, ?, ?)",
+                    "INSERT INTO endpoints (container_id, network_id, address, address6, record)"
+                    " VALUES (?, ?, ?, ?, ?)",
                     (
                         record["ContainerID"],
                         record["NetworkID"],
                         record["IPAddress"],
+                        record.get("GlobalIPv6Address") or "",
                         json.dumps(record),
                     ),
                 )
         except sqlite3.IntegrityError:
+            addresses = " or ".join(
+                a for a in (record["IPAddress"], record.get("GlobalIPv6Address")) if a
+            )
             raise Conflict(
-                f"address {record['IPAddress']} is already in use on the network, or the"
+                f"address {addresses} is already in use on the network, or the"
                 " container is already connected to it"
             ) from None
 
@@ -169,11 +232,13 @@ class NetworkDB:
                 (container_id, network_id),
             )
 
-    def used_addresses(self, network_id: str) -> set[str]:
+    def used_addresses(self, network_id: str, version: int = 4) -> set[str]:
+        column = "address6" if version == 6 else "address"
         return {
             r[0]
             for r in self.conn.execute(
-                "SELECT address FROM endpoints WHERE network_id = ?", (network_id,)
+                f"SELECT {column} FROM endpoints WHERE network_id = ? AND {column} != ''",
+                (network_id,),
             )
         }
 
@@ -203,24 +268,27 @@ class NetworkDB:
 
 def allocate(ipam: dict[str, Any], used: set[str], wanted: str = "") -> str:
     """An address of the network's subnet (within IPRange when given) that no endpoint
-    holds; ``wanted`` is checked instead when given."""
-    subnet = ipaddress.IPv4Network(ipam["Subnet"])
+    holds; ``wanted`` is checked instead when given. The IP version is the subnet's."""
+    subnet = ipaddress.ip_network(ipam["Subnet"])
+    family = f"IPv{subnet.version}"
     gateway = ipam.get("Gateway") or ""
-    reserved = {str(subnet.network_address), str(subnet.broadcast_address), gateway}
+    reserved = {str(subnet.network_address), gateway}
+    if subnet.version == 4:
+        reserved.add(str(subnet.broadcast_address))
     reserved.update(str(a) for a in (ipam.get("AuxiliaryAddresses") or {}).values())
     if wanted:
         try:
-            address = ipaddress.IPv4Address(wanted)
+            address = ipaddress.ip_address(wanted)
         except ValueError:
-            raise InvalidArgument(f"invalid IPv4 address {wanted!r}") from None
-        if address not in subnet:
+            raise InvalidArgument(f"invalid {family} address {wanted!r}") from None
+        if address.version != subnet.version or address not in subnet:
             raise InvalidArgument(f"no configured subnet contains IP address {wanted}")
         if str(address) in reserved or str(address) in used:
             raise Conflict(f"Address already in use: {wanted}")
         return str(address)
-    window = ipaddress.IPv4Network(ipam["IPRange"]) if ipam.get("IPRange") else subnet
-    for address in window.hosts():
+    window = ipaddress.ip_network(ipam["IPRange"]) if ipam.get("IPRange") else subnet
+    for address in window.hosts():  # a generator: a /64 is never listed whole
         text = str(address)
         if text not in reserved and text not in used:
             return text
-    raise Conflict(f"no available IPv4 address on the network's subnet {subnet}")
+    raise Conflict(f"no available {family} address on the network's subnet {subnet}")

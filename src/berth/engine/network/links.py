@@ -18,6 +18,7 @@ import contextlib
 import functools
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
@@ -27,6 +28,7 @@ from berth.linux import syscalls as sc
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
+_IFA_F_NODAD = 0x02  # linux/if_addr.h
 _pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="berth-netlink")
 
 
@@ -83,8 +85,11 @@ def _sysctl(path: str, value: str) -> None:
 
 
 @off_loop
-def ensure_bridge(name: str, gateway: str, prefixlen: int) -> None:
-    """The bridge, up, with the gateway address (made or completed; idempotent)."""
+def ensure_bridge(
+    name: str, gateway: str, prefixlen: int, gateway6: str = "", prefixlen6: int = 0
+) -> None:
+    """The bridge, up, with the gateway address (and the IPv6 one when given; made or
+    completed; idempotent)."""
     if not os.path.exists(f"/sys/class/net/{name}"):
         # a fixed MAC: a bridge otherwise takes the lowest of its ports' and changes
         # it as veths come and go, which strands the containers' ARP entries for
@@ -93,11 +98,16 @@ def ensure_bridge(name: str, gateway: str, prefixlen: int) -> None:
         _ip("link", "add", "name", name, "address", mac, "type", "bridge")
     have = {
         (a.get("local"), a.get("prefixlen"))
-        for link in json.loads(_ip("-4", "-j", "addr", "show", "dev", name) or "[]")
+        for link in json.loads(_ip("-j", "addr", "show", "dev", name) or "[]")
         for a in link.get("addr_info", [])
     }
     if gateway and (gateway, prefixlen) not in have:
         _ip("addr", "add", f"{gateway}/{prefixlen}", "dev", name, check=False)
+    if gateway6:
+        _sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "0")
+        if (gateway6, prefixlen6) not in have:
+            # nodad: usable at once (duplicate detection would hold it "tentative" ~2 s)
+            _ip("addr", "add", f"{gateway6}/{prefixlen6}", "dev", name, "nodad", check=False)
     _ip("link", "set", "dev", name, "up")
     # loopback-published ports reach containers through this bridge (DNAT in output)
     _sysctl(f"net/ipv4/conf/{name}/route_localnet", "1")
@@ -130,9 +140,13 @@ def attach(
     prefixlen: int,
     mac: str,
     gateway: str,
+    address6: str = "",
+    prefixlen6: int = 0,
+    gateway6: str = "",
 ) -> None:
     """A veth pair: ``host_name`` on the bridge, ``ifname`` in the namespace with its
-    address (and a default route through ``gateway`` when that is not empty)."""
+    address (and a default route through ``gateway`` when that is not empty), and the
+    IPv6 address and route when given."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
@@ -168,17 +182,35 @@ def attach(
             inner = ns.link_lookup(ifname=ifname)[0]
             ns.link("set", index=inner, address=mac)
             ns.addr("add", index=inner, address=address, prefixlen=prefixlen)
+            if address6:
+                _sysctl(f"net/ipv6/conf/{ifname}/disable_ipv6", "0")  # this thread's netns
+                # nodad: usable at once, as dockerd's (no "tentative" second or two)
+                ns.addr(
+                    "add",
+                    index=inner,
+                    address=address6,
+                    prefixlen=prefixlen6,
+                    family=socket.AF_INET6,
+                    flags=_IFA_F_NODAD,
+                )
             ns.link("set", index=inner, state="up")
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
             if gateway and not _has_default(ns):
                 ns.route("add", dst="0.0.0.0/0", gateway=gateway)
+            if address6 and gateway6 and not _has_default(ns, socket.AF_INET6):
+                ns.route("add", dst="::/0", gateway=gateway6, family=socket.AF_INET6)
     except (NetlinkError, IndexError) as exc:
         delete_link(host_name)
         raise SystemFailure(f"cannot configure {ifname} in {netns_path}: {exc}") from None
 
 
-def _has_default(ns: Any) -> bool:
-    return any(r["dst_len"] == 0 for r in ns.route("dump", family=2) if r["table"] == 254)
+def _has_default(ns: Any, family: int = socket.AF_INET) -> bool:
+    # type 1 (unicast): IPv6 lists an "unreachable" default of its own
+    return any(
+        r["dst_len"] == 0 and r["type"] == 1
+        for r in ns.route("dump", family=family)
+        if r["table"] == 254
+    )
 
 
 @off_loop
@@ -193,26 +225,30 @@ def free_ifname(netns_path: str) -> str:
 
 
 @off_loop
-def ensure_default_route(netns_path: str, gateway: str) -> None:
+def ensure_default_route(netns_path: str, gateway: str, gateway6: str = "") -> None:
     from pyroute2.netlink.exceptions import NetlinkError
 
     with _netns(netns_path) as ns:
-        if not _has_default(ns):
+        if gateway and not _has_default(ns):
             with contextlib.suppress(NetlinkError):
                 ns.route("add", dst="0.0.0.0/0", gateway=gateway)
+        if gateway6 and not _has_default(ns, socket.AF_INET6):
+            with contextlib.suppress(NetlinkError):
+                ns.route("add", dst="::/0", gateway=gateway6, family=socket.AF_INET6)
 
 
-def host_routes(exclude: frozenset[str] = frozenset()) -> list[str]:
-    """Destinations (CIDR) of the host's IPv4 routes and its addresses, but those of
-    the interfaces in ``exclude`` (the daemon's own bridges)."""
+def host_routes(exclude: frozenset[str] = frozenset(), version: int = 4) -> list[str]:
+    """Destinations (CIDR) of the host's IPv4 (or IPv6) routes and its addresses, but
+    those of the interfaces in ``exclude`` (the daemon's own bridges)."""
     found: list[str] = []
-    for route in json.loads(_ip("-4", "-j", "route", "show", "table", "all") or "[]"):
+    family = f"-{version}"
+    for route in json.loads(_ip(family, "-j", "route", "show", "table", "all") or "[]"):
         dst = str(route.get("dst", ""))
         if route.get("dev") in exclude or route.get("type", "unicast") != "unicast":
             continue
         if dst and dst != "default" and "/" in dst:
             found.append(dst)
-    for link in json.loads(_ip("-4", "-j", "addr", "show") or "[]"):
+    for link in json.loads(_ip(family, "-j", "addr", "show") or "[]"):
         if link.get("ifname") in exclude:
             continue
         for a in link.get("addr_info", []):

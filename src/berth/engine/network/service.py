@@ -91,11 +91,7 @@ class NetworkService:
         netns.prepare_dir(self.netns_dir)
         self._predefined()
         for network in self._bridges():
-            config = network["IPAM"]["Config"][0]
-            prefix = ipaddress.IPv4Network(config["Subnet"]).prefixlen
-            await asyncio.to_thread(
-                links.ensure_bridge, network["_Bridge"], config["Gateway"], prefix
-            )
+            await self._ensure_bridge(network)
         # stale: namespaces and veths of containers that are not running (or are gone)
         for name in netns.listing(self.netns_dir):
             if not self._running(name):
@@ -187,11 +183,11 @@ class NetworkService:
             raise InvalidArgument(f"invalid --bip {self.bip!r}: use e.g. 172.30.0.1/16") from None
         return {"Subnet": str(interface.network), "Gateway": str(interface.ip)}
 
-    def _foreign_routes(self) -> list[str]:
+    def _foreign_routes(self, version: int = 4) -> list[str]:
         """The host's routes and addresses but those through our own bridges."""
         own = frozenset(n["_Bridge"] for n in self._bridges())
         try:
-            return links.host_routes(own)
+            return links.host_routes(own, version)
         except Exception as exc:  # netlink unavailable: only our own networks count
             _log(f"cannot read the host's routes: {exc}")
             return []
@@ -239,6 +235,21 @@ class NetworkService:
 
     def _bridges(self) -> list[dict[str, Any]]:
         return [n for n in self.db.networks() if n["Driver"] == "bridge"]
+
+    async def _ensure_bridge(self, network: dict[str, Any]) -> None:
+        """The network's bridge with its gateway addresses (IPv4, and IPv6 if enabled)."""
+        config = ipam.v4_config(network)
+        prefix = ipaddress.IPv4Network(config["Subnet"]).prefixlen
+        config6 = ipam.v6_config(network) or {}
+        prefix6 = ipaddress.IPv6Network(config6["Subnet"]).prefixlen if config6 else 0
+        await asyncio.to_thread(
+            links.ensure_bridge,
+            network["_Bridge"],
+            config["Gateway"],
+            prefix,
+            config6.get("Gateway", ""),
+            prefix6,
+        )
 
     def _apply(self) -> None:
         bridges = [
@@ -382,10 +393,23 @@ class NetworkService:
             raise InvalidArgument(
                 "user specified IP address is supported on user defined networks only"
             )
-        if ipam_config.get("IPv6Address"):
-            raise InvalidArgument("IPv6 addresses are not supported: the network has no IPv6")
-        subnet_config = network["IPAM"]["Config"][0]
+        wanted6 = str(ipam_config.get("IPv6Address") or "")
+        if wanted6 and not user_defined:
+            raise InvalidArgument(
+                "user specified IP address is supported on user defined networks only"
+            )
+        subnet_config = ipam.v4_config(network)
         address = ipam.allocate(subnet_config, self.db.used_addresses(network["Id"]), wanted)
+        config6 = ipam.v6_config(network)
+        if wanted6 and config6 is None:
+            raise InvalidArgument(
+                f"IPv6 address {wanted6} given, but network {network['Name']} has no IPv6:"
+                " create it with --ipv6 (and an IPv6 --subnet)"
+            )
+        address6 = ""
+        if config6 is not None:
+            used6 = self.db.used_addresses(network["Id"], version=6)
+            address6 = ipam.allocate(config6, used6, wanted6)
         mac = str(config.get("MacAddress") or "") or ipam.mac_for(address)
         short = container_id[:12]
         endpoint = {
@@ -397,6 +421,14 @@ class NetworkService:
             "Gateway": "" if network["Internal"] else subnet_config.get("Gateway", ""),
             "BridgeGateway": subnet_config.get("Gateway", ""),
             "MacAddress": mac,
+            "GlobalIPv6Address": address6,
+            "GlobalIPv6PrefixLen": (
+                ipaddress.IPv6Network(config6["Subnet"]).prefixlen if config6 else 0
+            ),
+            "IPv6Gateway": (
+                "" if network["Internal"] or config6 is None else config6.get("Gateway", "")
+            ),
+            "BridgeGateway6": (config6 or {}).get("Gateway", ""),
             # as dockerd since API 1.45: Aliases are the user's, DNSNames add name and short id
             "Aliases": (aliases or None) if user_defined else None,
             "DNSNames": ([short, *aliases] if user_defined else None),
@@ -452,6 +484,7 @@ class NetworkService:
                         prefixlen=endpoint["IPPrefixLen"],
                         mac=endpoint["MacAddress"],
                         gateway=endpoint["Gateway"],
+                        **_v6_args(endpoint),
                     )
                 runtime: dict[str, Any] = {"Netns": path, "Ports": {}, "PortTarget": ""}
                 if endpoints and record.get("Ports"):
@@ -539,6 +572,8 @@ class NetworkService:
         if endpoints:
             names = hostname + (f".{spec.domainname}\t{hostname}" if spec.domainname else "")
             lines.append(f"{endpoints[0]['IPAddress']}\t{names}")
+            if endpoints[0].get("GlobalIPv6Address"):
+                lines.append(f"{endpoints[0]['GlobalIPv6Address']}\t{names}")
         _write_atomic(os.path.join(state_dir, "hosts"), ("\n".join(lines) + "\n").encode())
         embedded = next(
             (e["BridgeGateway"] for e in endpoints if self._user_defined(e["NetworkID"])), ""
@@ -712,8 +747,6 @@ class NetworkService:
             raise Conflict(f'only one instance of "{driver}" network is allowed')
         if driver != "bridge":
             raise NotFound(f"plugin {driver!r} not found: only the bridge driver is available")
-        if body.get("EnableIPv6"):
-            raise InvalidArgument("IPv6 networks are not supported yet: drop --ipv6")
         if body.get("Ingress"):
             raise InvalidArgument("ingress networks need swarm mode, which Berth does not have")
         if body.get("ConfigOnly") or (body.get("ConfigFrom") or {}).get("Network"):
@@ -730,7 +763,8 @@ class NetworkService:
         if (ipam_body.get("Driver") or "default") != "default":
             raise InvalidArgument(f"IPAM driver {ipam_body.get('Driver')!r} is not supported")
         configs = [c for c in ipam_body.get("Config") or [] if c]
-        config = self._subnet_config(configs)
+        enable_ipv6 = bool(body.get("EnableIPv6"))
+        pools = self._subnet_configs(configs, enable_ipv6)
         bridge_name = str(options.get(BRIDGE_NAME_OPTION) or "")
         network_id = secrets.token_hex(32)
         if not bridge_name:
@@ -740,7 +774,7 @@ class NetworkService:
         record = self._record(
             name,
             "bridge",
-            config,
+            pools[0],
             options={str(k): str(v) for k, v in options.items()},
             bridge=bridge_name,
             internal=bool(body.get("Internal")),
@@ -749,11 +783,12 @@ class NetworkService:
             network_id=network_id,
         )
         record["IPAM"]["Options"] = ipam_body.get("Options")  # absent: null, as dockerd
+        record["IPAM"]["Config"] = pools
+        record["EnableIPv6"] = enable_ipv6
         async with self._lock:
             self.db.add_network(record)
             try:
-                prefix = ipaddress.IPv4Network(config["Subnet"]).prefixlen
-                await asyncio.to_thread(links.ensure_bridge, bridge_name, config["Gateway"], prefix)
+                await self._ensure_bridge(record)
                 self._apply()
                 await self._start_dns(record)
             except BaseException:
@@ -768,57 +803,77 @@ class NetworkService:
         )
         return {"Id": network_id, "Warning": ""}
 
-    def _subnet_config(self, configs: list[dict[str, Any]]) -> dict[str, Any]:
-        v4 = []
+    def _subnet_configs(
+        self, configs: list[dict[str, Any]], enable_ipv6: bool
+    ) -> list[dict[str, Any]]:
+        """``IPAM.Config`` of a new network: its IPv4 pool first (given or picked), then
+        its IPv6 one (given; picked from the daemon's ULA /48 for ``--ipv6`` alone)."""
+        v4: list[dict[str, Any]] = []
+        v6: list[dict[str, Any]] = []
         for item in configs:
-            text = str(item.get("Subnet") or "")
-            if ":" in text:
-                raise InvalidArgument("IPv6 subnets are not supported yet")
-            v4.append(item)
-        if len(v4) > 1:
-            raise InvalidArgument("only one IPv4 subnet per network is supported")
+            text = str(item.get("Subnet") or item.get("Gateway") or item.get("IPRange") or "")
+            (v6 if ":" in text else v4).append(item)
+        if len(v4) > 1 or len(v6) > 1:
+            raise InvalidArgument("only one IPv4 and one IPv6 subnet per network are supported")
+        result = [self._pool(v4[0] if v4 else {}, 4)]
+        if v6 or enable_ipv6:
+            result.append(self._pool(v6[0] if v6 else {}, 6))
+        return result
+
+    def _pool(self, item: dict[str, Any], version: int) -> dict[str, Any]:
+        """One checked pool: subnet (picked when absent), gateway, range, aux addresses."""
         taken = [c["Subnet"] for n in self._bridges() for c in n["IPAM"]["Config"]]
-        if not v4 or not v4[0].get("Subnet"):
-            if v4 and (v4[0].get("Gateway") or v4[0].get("IPRange")):
+        family = f"IPv{version}"
+        if not item.get("Subnet"):
+            if item.get("Gateway") or item.get("IPRange") or item.get("AuxiliaryAddresses"):
                 raise InvalidArgument("a gateway or IP range needs a subnet (--subnet)")
-            subnet = self._free_subnet()
-            return {"Subnet": str(subnet), "Gateway": str(next(subnet.hosts()))}
-        item = v4[0]
+            if version == 4:
+                picked: Any = self._free_subnet()
+            else:
+                foreign = self._foreign_routes(version=6)
+                picked = ipam.pick_subnet6([*taken, *foreign], seed=self.netns_dir)
+            return {"Subnet": str(picked), "Gateway": str(next(picked.hosts()))}
         try:
-            subnet = ipaddress.IPv4Network(str(item["Subnet"]), strict=False)
+            subnet = ipaddress.ip_network(str(item["Subnet"]), strict=False)
         except ValueError:
             raise InvalidArgument(f"invalid subnet {item['Subnet']!r}") from None
-        if subnet.prefixlen > 30:
+        if subnet.version != version:
+            raise InvalidArgument(f"invalid {family} subnet {item['Subnet']!r}")
+        if subnet.max_prefixlen - subnet.prefixlen < 2:
             raise InvalidArgument(f"subnet {subnet} is too small")
         for other in taken:
-            if subnet.overlaps(ipaddress.IPv4Network(other)):
+            other_net = ipaddress.ip_network(other)
+            if other_net.version == version and subnet.overlaps(other_net):
                 raise Conflict(f"Pool overlaps with other one on this address space: {other}")
+
+        def address_in(what: str, text: str) -> str:
+            try:
+                address = ipaddress.ip_address(text)
+            except ValueError:
+                raise InvalidArgument(f"invalid {what} {text!r}") from None
+            if address.version != version or address not in subnet:
+                raise InvalidArgument(f"{what} {text} is not in subnet {subnet}")
+            return str(address)
+
         gateway = str(item.get("Gateway") or next(subnet.hosts()))
-        try:
-            if ipaddress.IPv4Address(gateway) not in subnet:
-                raise InvalidArgument(f"gateway {gateway} is not in subnet {subnet}")
-        except ValueError:
-            raise InvalidArgument(f"invalid gateway {gateway!r}") from None
-        result: dict[str, Any] = {"Subnet": str(subnet), "Gateway": gateway}
+        result: dict[str, Any] = {
+            "Subnet": str(subnet),
+            "Gateway": address_in("gateway", gateway),
+        }
         if item.get("IPRange"):
             try:
-                ip_range = ipaddress.IPv4Network(str(item["IPRange"]), strict=False)
+                ip_range = ipaddress.ip_network(str(item["IPRange"]), strict=False)
             except ValueError:
                 raise InvalidArgument(f"invalid IP range {item['IPRange']!r}") from None
-            if not ip_range.subnet_of(subnet):
+            if ip_range.version != version or not ip_range.subnet_of(subnet):  # type: ignore[arg-type]
                 raise InvalidArgument(f"IP range {ip_range} is not within subnet {subnet}")
             result["IPRange"] = str(ip_range)
         aux = item.get("AuxiliaryAddresses") or {}
         if not isinstance(aux, dict):
             raise InvalidArgument("AuxiliaryAddresses must be an object of name: address")
-        for key, value in aux.items():
-            try:
-                if ipaddress.IPv4Address(str(value)) not in subnet:
-                    raise InvalidArgument(f"auxiliary address {key}={value} is not in {subnet}")
-            except ValueError:
-                raise InvalidArgument(f"invalid auxiliary address {key}={value!r}") from None
-        if aux:  # held back from allocation (ipam.allocate)
-            result["AuxiliaryAddresses"] = {str(k): str(v) for k, v in aux.items()}
+        checked = {str(k): address_in(f"auxiliary address {k}=", str(v)) for k, v in aux.items()}
+        if checked:  # held back from allocation (ipam.allocate)
+            result["AuxiliaryAddresses"] = checked
         return result
 
     async def _start_dns(self, network: dict[str, Any]) -> None:
@@ -834,13 +889,14 @@ class NetworkService:
         self._dns[network["Id"]] = listener
 
     def _lookup(self, client: str, name: str) -> list[str] | None:
-        """Addresses for ``name`` among running containers on the asker's user networks."""
+        """Addresses (IPv4 and IPv6) for ``name`` among running containers on the asker's
+        user networks."""
         asking = [
             e
             for n in self._bridges()
             if n["Name"] != "bridge"
             for e in self.db.endpoints(network_id=n["Id"])
-            if e["IPAddress"] == client
+            if client in (e["IPAddress"], e.get("GlobalIPv6Address"))
         ]
         for endpoint in asking:  # --link on a user network: an alias only its owner sees
             for link in endpoint.get("Links") or []:
@@ -861,8 +917,10 @@ class NetworkService:
                 service = (record["Spec"].get("labels") or {}).get("com.docker.compose.service")
                 if service:
                     names.add(service.lower())
-                if name in names and endpoint["IPAddress"] not in found:
-                    found.append(endpoint["IPAddress"])
+                if name in names:
+                    for address in (endpoint["IPAddress"], endpoint.get("GlobalIPv6Address")):
+                        if address and address not in found:
+                            found.append(address)
         return found or None
 
     def inspect(self, ref: str) -> dict[str, Any]:
@@ -878,7 +936,11 @@ class NetworkService:
                 "EndpointID": endpoint["EndpointID"],
                 "MacAddress": endpoint["MacAddress"],
                 "IPv4Address": f"{endpoint['IPAddress']}/{endpoint['IPPrefixLen']}",
-                "IPv6Address": "",
+                "IPv6Address": (
+                    f"{endpoint['GlobalIPv6Address']}/{endpoint['GlobalIPv6PrefixLen']}"
+                    if endpoint.get("GlobalIPv6Address")
+                    else ""
+                ),
             }
         if network["Driver"] in ("host", "null"):
             for record in self.containers.db.all():
@@ -1002,6 +1064,7 @@ class NetworkService:
                         prefixlen=endpoint["IPPrefixLen"],
                         mac=endpoint["MacAddress"],
                         gateway=endpoint["Gateway"],
+                        **_v6_args(endpoint),
                     )
                 except BaseException:
                     self.db.delete_endpoint(container.id, network["Id"])
@@ -1150,10 +1213,21 @@ def _endpoint_view(
         "Gateway": live.get("Gateway", ""),
         "IPAddress": live.get("IPAddress", ""),
         "IPPrefixLen": live.get("IPPrefixLen", 0),
-        "IPv6Gateway": "",
-        "GlobalIPv6Address": "",
-        "GlobalIPv6PrefixLen": 0,
+        "IPv6Gateway": live.get("IPv6Gateway", ""),
+        "GlobalIPv6Address": live.get("GlobalIPv6Address", ""),
+        "GlobalIPv6PrefixLen": live.get("GlobalIPv6PrefixLen", 0),
         "DNSNames": (stored.get("DNSNames") or None) if live else None,
+    }
+
+
+def _v6_args(endpoint: dict[str, Any]) -> dict[str, Any]:
+    """The IPv6 part of ``links.attach``'s arguments (empty for an IPv4-only endpoint)."""
+    if not endpoint.get("GlobalIPv6Address"):
+        return {}
+    return {
+        "address6": endpoint["GlobalIPv6Address"],
+        "prefixlen6": endpoint["GlobalIPv6PrefixLen"],
+        "gateway6": endpoint.get("IPv6Gateway", ""),
     }
 
 
