@@ -688,13 +688,13 @@ def main(args: list[str]) -> int:
 
 def _call(module_name: str, function: str, host: str | None, options: Any) -> int:
     # The CLI never speaks HTTPS to berthd: keep http.client from loading ssl (~6 ms).
-    blocked = "ssl" not in sys.modules
+    # build sends its context on a raw socket (Client.upload) and needs no http.client.
+    blocked = "ssl" not in sys.modules and module_name != "build_cmd"
     if blocked:
         sys.modules["ssl"] = None  # type: ignore[assignment]
-    try:
-        import http.client  # noqa: F401
-    finally:
-        if blocked:
+        try:
+            import http.client  # noqa: F401
+        finally:
             del sys.modules["ssl"]
     from importlib import import_module
 

@@ -9,7 +9,6 @@ empty) verifies the daemon's certificate against ``$DOCKER_CERT_PATH/ca.pem`` (d
 
 from __future__ import annotations
 
-import http.client
 import os
 import socket
 
@@ -18,6 +17,7 @@ from berth.client.errors import ClientError, DaemonUnreachable
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # ssl is loaded only for tcp:// with TLS
     import ssl
+
 
 DEFAULT_HOST = "unix:///run/berth/berth.sock"
 
@@ -179,12 +179,11 @@ def _wrap(address: Address, sock: socket.socket) -> socket.socket:
         raise
 
 
-class Connection(http.client.HTTPConnection):
-    """http.client over the daemon's unix socket (or TCP), with Berth's connect errors."""
+def __getattr__(name: str) -> object:
+    """``Connection`` (http.client) lives in :mod:`berth.client.connection`, loaded only
+    by the calls that use it: ``berth build`` never needs http.client."""
+    if name == "Connection":
+        from berth.client.connection import Connection
 
-    def __init__(self, address: Address, timeout: float | None = None) -> None:
-        super().__init__(address.http_host, timeout=timeout)
-        self.address = address
-
-    def connect(self) -> None:
-        self.sock = open_socket(self.address, self.timeout)
+        return Connection
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
