@@ -469,7 +469,8 @@ def test_run_steps_on_the_default_bridge_reach_out_through_nat(
     port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    veths = {n for n in os.listdir("/sys/class/net") if n.startswith("brth")}
+    bridge = daemon.get("/networks/bridge").json()["Options"]["com.docker.network.bridge.name"]
+    veths = set(os.listdir(f"/sys/class/net/{bridge}/brif"))
     try:
         write(tmp_path, {"Dockerfile": (
             "FROM busybox\n"
@@ -483,7 +484,7 @@ def test_run_steps_on_the_default_bridge_reach_out_through_nat(
     write(tmp_path, {"Dockerfile": "FROM busybox\nRUN ip route | grep -q default\n"})
     result = cli.build(tmp_path, "--no-cache", "--network", "none", ok=False)
     assert result.returncode == 1, result.stderr
-    assert {n for n in os.listdir("/sys/class/net") if n.startswith("brth")} == veths
+    assert set(os.listdir(f"/sys/class/net/{bridge}/brif")) == veths
     assert os.listdir(os.path.join(daemon.exec_root, "netns")) == []
 
 

@@ -1149,7 +1149,7 @@ class NetworkService:
                     gateway=endpoint["Gateway"],
                 )
             except BaseException:
-                self._release_build_sandbox(sandbox_id)
+                self.remove_container(sandbox_id)
                 raise
         hosts.append(f"{endpoint['IPAddress']}\t{hostname}")
         host_lines = _host_resolv()
@@ -1164,19 +1164,7 @@ class NetworkService:
 
     async def release_build_sandbox(self, sandbox_id: str) -> None:
         async with self._lock:
-            self._release_build_sandbox(sandbox_id)
-
-    def _release_build_sandbox(self, sandbox_id: str) -> None:
-        for endpoint in self.db.endpoints(container_id=sandbox_id):
-            try:
-                links.delete_link(endpoint["Veth"])
-            except Exception as exc:
-                _log(f"cannot delete {endpoint['Veth']}: {exc}")
-        try:
-            netns.remove(os.path.join(self.netns_dir, sandbox_id))
-        except Exception as exc:
-            _log(f"build {sandbox_id[:12]}: cannot remove the network namespace: {exc}")
-        self.db.forget_container(sandbox_id)
+            self.remove_container(sandbox_id)
 
 
 @dataclass
