@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -164,8 +165,12 @@ class ImageService:
 
         if name in ("busybox", "busybox:latest"):
             return bootstrap.bootstrap_busybox(self.store)
+        repo, _, suite = name.partition(":")
+        if repo == "debian" and shutil.which("debootstrap"):
+            return bootstrap.bootstrap_debian(self.store, suite or "bookworm")
         raise InvalidArgument(
-            f"no local recipe for {name!r}: only busybox can be bootstrapped here"
+            f"no local recipe for {name!r}: busybox and debian[:SUITE] (with debootstrap)"
+            " can be bootstrapped here"
         )
 
     # ---- registries ---------------------------------------------------------------------
