@@ -163,3 +163,30 @@ def test_bad_input_leaves_nothing_half_made(daemon: Daemon, clean: None) -> None
         alias = run(daemon, tool, "run", "--rm", "--network-alias", "x", "busybox", "true",
                     ok=False)  # fmt: skip
         assert alias.returncode != 0 and "user-defined network" in alias.stderr
+
+
+def test_berth_cli_ipv6_flags(daemon: Daemon, clean: None) -> None:
+    """berth pairs --gateway/--ip-range with the subnet that holds them (docker's rule)
+    and sends --ip6 from run and network connect."""
+    run(daemon, BERTH, "network", "create", "--ipv6", "--subnet", "fd7e:2a1c:90b4:1::/64",
+        "--subnet", "10.235.0.0/24", "--gateway", "fd7e:2a1c:90b4:1::fe", "--gateway",
+        "10.235.0.254", "nwc-six")  # fmt: skip
+    config = json.loads(run(daemon, BERTH, "network", "inspect", "nwc-six").stdout)[0]
+    assert config["IPAM"]["Config"] == [
+        {"Subnet": "10.235.0.0/24", "Gateway": "10.235.0.254"},
+        {"Subnet": "fd7e:2a1c:90b4:1::/64", "Gateway": "fd7e:2a1c:90b4:1::fe"},
+    ]
+    run(daemon, BERTH, "run", "-d", "--name", "nwc-six-a", "--network", "nwc-six", "--ip6",
+        "fd7e:2a1c:90b4:1::a", "busybox", "sleep", "30")  # fmt: skip
+    run(daemon, BERTH, "network", "create", "--ipv6", "--subnet", "fd7e:2a1c:90b4:2::/64",
+        "nwc-six-b")  # fmt: skip
+    run(daemon, BERTH, "network", "connect", "--ip6", "fd7e:2a1c:90b4:2::b", "nwc-six-b",
+        "nwc-six-a")  # fmt: skip
+    networks = daemon.inspect("nwc-six-a")["NetworkSettings"]["Networks"]
+    assert networks["nwc-six"]["GlobalIPv6Address"] == "fd7e:2a1c:90b4:1::a"
+    assert networks["nwc-six-b"]["GlobalIPv6Address"] == "fd7e:2a1c:90b4:2::b"
+    out = run(daemon, BERTH, "exec", "nwc-six-a", "ip", "-6", "route").stdout
+    assert out.count("default via") == 1  # the first network's gateway only
+    stray = run(daemon, BERTH, "network", "create", "--subnet", "10.235.1.0/24", "--gateway",
+                "10.9.9.9", "nwc-stray", ok=False)  # fmt: skip
+    assert "--gateway 10.9.9.9 is in none of the --subnet values" in stray.stderr
