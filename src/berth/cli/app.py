@@ -9,19 +9,22 @@ exit with the container's code.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Callable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at start-up; annotations stay strings here
+    import argparse
+    from collections.abc import Callable
     from typing import Any, NoReturn
 
-EXIT_ERROR = 125
+    # verb -> (module, handler function, argument builder, one-line help)
+    Builder = Callable[[argparse.ArgumentParser], None]
 
-# verb -> (module, handler function, argument builder, one-line help)
-Builder = Callable[[argparse.ArgumentParser], None]
+# argparse (with gettext and locale, ~4 ms) loads when a verb's parser is built: not for
+# `berth build`'s usual arguments, which build_cmd.quick_arguments reads itself.
+
+EXIT_ERROR = 125
 
 # `berth container X` / `berth image X` -> the top-level verb
 CONTAINER_GROUP = {
@@ -117,20 +120,28 @@ class UsageError(Exception):
     pass
 
 
-class _Parser(argparse.ArgumentParser):
+def _parser(prog: str, description: str, add_help: bool) -> argparse.ArgumentParser:
     """argparse reporting one line and exit code 125, as the docker CLI does."""
+    import argparse
 
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}; see '{self.prog} --help'")
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise UsageError(f"{self.prog}: {message}; see '{self.prog} --help'")
 
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            print(message, end="", file=sys.stderr)
-        raise SystemExit(status)
+        def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+            if message:
+                print(message, end="", file=sys.stderr)
+            raise SystemExit(status)
+
+    return _Parser(
+        prog=prog, description=description, add_help=add_help, formatter_class=_formatter
+    )
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
     """argparse's formatter without its ``import shutil`` (bz2, lzma: ~2 ms) for the width."""
+    import argparse
+
     try:
         width = int(os.environ.get("COLUMNS") or os.get_terminal_size().columns)
     except (OSError, ValueError, AttributeError):
@@ -160,6 +171,8 @@ def _containers(p: argparse.ArgumentParser) -> None:
 
 
 def _container_options(p: argparse.ArgumentParser, *, run: bool) -> None:
+    import argparse
+
     p.add_argument("--help", action="help", help="show this help and exit")
     if run:
         p.add_argument("-d", "--detach", action="store_true", help="run in the background")
@@ -226,6 +239,8 @@ def _create(p: argparse.ArgumentParser) -> None:
 
 
 def _exec(p: argparse.ArgumentParser) -> None:
+    import argparse
+
     p.add_argument("-d", "--detach", action="store_true", help="run in the background")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
     p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
@@ -286,6 +301,8 @@ def _rm(p: argparse.ArgumentParser) -> None:
 
 
 def _inspect(p: argparse.ArgumentParser) -> None:
+    import argparse
+
     p.add_argument("-f", "--format", metavar="TEMPLATE")
     p.add_argument("--type", choices=("container", "image"))
     p.add_argument("-s", "--size", action="store_true", help=argparse.SUPPRESS)
@@ -411,6 +428,8 @@ def _import(p: argparse.ArgumentParser) -> None:
 
 
 def _bool_flag(value: str) -> bool:
+    import argparse
+
     if value.lower() in ("1", "true", "t", "yes"):
         return True
     if value.lower() in ("0", "false", "f", "no"):
@@ -650,14 +669,16 @@ def main(args: list[str]) -> int:
             return 0
         verb, prog, rest = _resolve(args)
         module_name, function, builder, text = VERBS[verb]
-        parser = _Parser(
-            prog=prog,
-            description=text,
-            add_help=verb not in ("run", "create"),  # their -h is --hostname, as in docker
-            formatter_class=_formatter,
-        )
-        builder(parser)
-        options = parser.parse_args(rest)
+        options = None
+        if verb == "build":  # the usual arguments read without argparse; the rest by it
+            from berth.cli.build_cmd import quick_arguments
+
+            options = quick_arguments(rest)
+        if options is None:
+            # run and create: -h is --hostname, as in docker
+            parser = _parser(prog, text, add_help=verb not in ("run", "create"))
+            builder(parser)
+            options = parser.parse_args(rest)
         return _call(module_name, function, host, options)
     except UsageError as exc:
         text = str(exc)
