@@ -1,11 +1,12 @@
 """Build speed, side by side in one run: berthd, Docker's legacy builder (a private
 dockerd) and ``podman build``, for a busybox Dockerfile with a COPY and three RUN steps.
 
-    sudo .venv/bin/python bench/bench_build.py [--rounds 5]
+    sudo .venv/bin/python bench/bench_build.py [--rounds 5] [--unchanged 5]
 
 For each engine: the cold build (``--no-cache``), the unchanged rebuild (every step
-cached) and the rebuild after one copied file changed (that COPY and the three RUN
-steps again). Each is the median of ``--rounds`` runs, timed around the CLI, all with
+cached, ``--unchanged`` times a round) and the rebuild after one copied file changed
+(that COPY and the three RUN steps again). Each is the median of its runs, timed around
+the CLI, all with
 ``--network host``. The busybox image is Berth's bootstrapped one, saved from berthd
 and loaded into the others, so every engine builds on the same bytes.
 """
@@ -234,12 +235,15 @@ def timed(action: object) -> float:
     return time.perf_counter() - start
 
 
-def measure(engine: Engine, context: Path, rounds: int) -> dict[str, float]:
+def measure(engine: Engine, context: Path, rounds: int, unchanged: int) -> dict[str, float]:
+    """Medians; the unchanged rebuild (~40 ms, mostly the CLI's start) ``unchanged``
+    times a round, since one sample a round is mostly noise at that size."""
     results: dict[str, list[float]] = {"cold": [], "unchanged": [], "one file changed": []}
     engine.build(str(context))  # warm-up: the base image's files in the page cache
     for round_ in range(rounds):
         results["cold"].append(timed(lambda: engine.build(str(context), "--no-cache")))
-        results["unchanged"].append(timed(lambda: engine.build(str(context))))
+        for _ in range(unchanged):
+            results["unchanged"].append(timed(lambda: engine.build(str(context))))
         (context / "app" / "file07.txt").write_text(f"changed {engine.name} {round_}\n")
         results["one file changed"].append(timed(lambda: engine.build(str(context))))
     return {k: statistics.median(v) for k, v in results.items()}
@@ -248,6 +252,9 @@ def measure(engine: Engine, context: Path, rounds: int) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--unchanged", type=int, default=5, help="unchanged rebuilds timed per round"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_build: needs root", file=sys.stderr)
@@ -271,7 +278,7 @@ def main() -> int:
             context = Path(work) / f"ctx-{engine.name.split()[0]}"
             make_context(context)
             try:
-                table.append((engine.name, measure(engine, context, args.rounds)))
+                table.append((engine.name, measure(engine, context, args.rounds, args.unchanged)))
             except RuntimeError as exc:
                 print(f"{engine.name}: failed: {exc}", file=sys.stderr)
     finally:
