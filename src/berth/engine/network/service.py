@@ -474,18 +474,7 @@ class NetworkService:
                     network = self.db.network(endpoint["NetworkID"])
                     if network is None:
                         raise NotFound(f"network {endpoint['NetworkID']} not found")
-                    await asyncio.to_thread(
-                        links.attach,
-                        path,
-                        host_name=endpoint["Veth"],
-                        ifname=f"eth{index}",
-                        bridge=network["_Bridge"],
-                        address=endpoint["IPAddress"],
-                        prefixlen=endpoint["IPPrefixLen"],
-                        mac=endpoint["MacAddress"],
-                        gateway=endpoint["Gateway"],
-                        **_v6_args(endpoint),
-                    )
+                    await _attach(path, endpoint, f"eth{index}", network["_Bridge"])
                 runtime: dict[str, Any] = {"Netns": path, "Ports": {}, "PortTarget": ""}
                 if endpoints and record.get("Ports"):
                     runtime["PortTarget"] = endpoints[0]["IPAddress"]
@@ -1054,18 +1043,7 @@ class NetworkService:
             if container.status == "running" and runtime.get("Netns"):
                 try:
                     ifname = await asyncio.to_thread(links.free_ifname, runtime["Netns"])
-                    await asyncio.to_thread(
-                        links.attach,
-                        runtime["Netns"],
-                        host_name=endpoint["Veth"],
-                        ifname=ifname,
-                        bridge=network["_Bridge"],
-                        address=endpoint["IPAddress"],
-                        prefixlen=endpoint["IPPrefixLen"],
-                        mac=endpoint["MacAddress"],
-                        gateway=endpoint["Gateway"],
-                        **_v6_args(endpoint),
-                    )
+                    await _attach(runtime["Netns"], endpoint, ifname, network["_Bridge"])
                 except BaseException:
                     self.db.delete_endpoint(container.id, network["Id"])
                     raise
@@ -1137,17 +1115,7 @@ class NetworkService:
                 endpoint = self._new_endpoint(sandbox_id, "", network, {}, 0)
                 netns.prepare_dir(self.netns_dir)
                 netns.create(path)
-                await asyncio.to_thread(
-                    links.attach,
-                    path,
-                    host_name=endpoint["Veth"],
-                    ifname="eth0",
-                    bridge=network["_Bridge"],
-                    address=endpoint["IPAddress"],
-                    prefixlen=endpoint["IPPrefixLen"],
-                    mac=endpoint["MacAddress"],
-                    gateway=endpoint["Gateway"],
-                )
+                await _attach(path, endpoint, "eth0", network["_Bridge"])
             except BaseException:
                 self.remove_container(sandbox_id)
                 raise
@@ -1208,15 +1176,27 @@ def _endpoint_view(
     }
 
 
-def _v6_args(endpoint: dict[str, Any]) -> dict[str, Any]:
-    """The IPv6 part of ``links.attach``'s arguments (empty for an IPv4-only endpoint)."""
-    if not endpoint.get("GlobalIPv6Address"):
-        return {}
-    return {
-        "address6": endpoint["GlobalIPv6Address"],
-        "prefixlen6": endpoint["GlobalIPv6PrefixLen"],
-        "gateway6": endpoint.get("IPv6Gateway", ""),
-    }
+async def _attach(path: str, endpoint: dict[str, Any], ifname: str, bridge: str) -> None:
+    """The endpoint's veth pair, addresses and routes (``links.attach`` off the loop)."""
+    v6: dict[str, Any] = {}
+    if endpoint.get("GlobalIPv6Address"):
+        v6 = {
+            "address6": endpoint["GlobalIPv6Address"],
+            "prefixlen6": endpoint["GlobalIPv6PrefixLen"],
+            "gateway6": endpoint.get("IPv6Gateway", ""),
+        }
+    await asyncio.to_thread(
+        links.attach,
+        path,
+        host_name=endpoint["Veth"],
+        ifname=ifname,
+        bridge=bridge,
+        address=endpoint["IPAddress"],
+        prefixlen=endpoint["IPPrefixLen"],
+        mac=endpoint["MacAddress"],
+        gateway=endpoint["Gateway"],
+        **v6,
+    )
 
 
 def _host_resolv() -> list[str]:
