@@ -14,7 +14,9 @@ berth.runtime.cli run``): the runtime becomes a subreaper and waits for its
 grandchild, which must not happen inside the daemon. Their output is streamed into the
 build output (stderr wrapped in red, as dockerd does).
 
-Everything runs on one worker thread; ``emit`` receives Docker's JSON messages.
+``run`` is called on a worker thread; the stages of one wave (``stages.plan``: none
+depends on another) are built at once on a shared pool, their output put back in
+Dockerfile order (``_Ordered``); ``emit`` receives Docker's JSON messages.
 """
 
 from __future__ import annotations
@@ -174,6 +176,105 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{frac:09d}Z"
 
 
+# ---- parallel stages -------------------------------------------------------------------------
+
+_stage_pool: Any = None  # concurrent.futures.ThreadPoolExecutor, made on first use
+_stage_pool_lock = threading.Lock()
+
+
+def _stage_workers() -> Any:
+    """One pool for the stages of every build, as many threads as cores: a wave of N
+    stages uses at most min(N, cores) of them, and the threads (each with its own SQLite
+    connections, images/db.py) live as long as the daemon instead of one set per build."""
+    global _stage_pool
+    with _stage_pool_lock:
+        if _stage_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _stage_pool = ThreadPoolExecutor(
+                max_workers=os.cpu_count() or 1, thread_name_prefix="berth-build-stage"
+            )
+        return _stage_pool
+
+
+class _Ordered:
+    """The output of stages built at once, in Dockerfile order, as if built one by one.
+
+    A stage's messages go out live while every stage before it (in Dockerfile order)
+    has finished; otherwise they are held and go out when those have. Which stage a
+    message belongs to is the calling thread's (``bind``); a message of no stage (the
+    end of the build) goes out at once."""
+
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+        self._cond = threading.Condition()
+        self._local = threading.local()
+        self._order: list[int] = []
+        self._live = 0  # position in _order of the stage whose output goes out live
+        self._done: set[int] = set()
+        self._begun: set[int] = set()  # stages of the waves started so far
+        self._held: dict[int, list[dict[str, Any]]] = {}
+        self._closed = False
+
+    def start(self, order: list[int]) -> None:
+        with self._cond:
+            self._order = list(order)
+
+    def begin(self, wave: list[int]) -> None:
+        with self._cond:
+            self._begun.update(wave)
+
+    def bind(self, stage: int | None) -> int | None:
+        """Messages of this thread belong to ``stage`` from now on; returns the previous."""
+        previous: int | None = getattr(self._local, "stage", None)
+        self._local.stage = stage
+        return previous
+
+    def send(self, message: dict[str, Any]) -> None:
+        stage: int | None = getattr(self._local, "stage", None)
+        with self._cond:
+            if stage is None:
+                self._emit(message)
+            elif self._closed:
+                return
+            elif self._live < len(self._order) and self._order[self._live] == stage:
+                self._emit(message)
+            else:
+                self._held.setdefault(stage, []).append(message)
+
+    def finish(self, stage: int) -> None:
+        """A stage built: the next stages' held output goes out, up to one still running."""
+        with self._cond:
+            self._done.add(stage)
+            while self._live < len(self._order) and self._order[self._live] in self._done:
+                self._live += 1
+                if self._live < len(self._order):
+                    for message in self._held.pop(self._order[self._live], []):
+                        self._emit(message)
+            self._cond.notify_all()
+
+    def turn(self, stage: int, cancelled: threading.Event) -> None:
+        """Wait until every started stage before ``stage`` has finished (or the build is
+        cancelled): for output that does not pass through ``send`` (a pull's progress)."""
+        with self._cond:
+            while not cancelled.is_set():
+                before = self._order[: self._order.index(stage)]
+                if all(i in self._done or i not in self._begun for i in before):
+                    return
+                self._cond.wait(0.2)
+
+    def close(self, failed: int) -> None:
+        """A failed build: the held output of the stages up to the failing one goes out
+        in order, the rest is dropped (a sequential build would not have run them)."""
+        with self._cond:
+            position = self._order.index(failed)
+            for stage in self._order[self._live : position + 1]:
+                for message in self._held.pop(stage, []):
+                    self._emit(message)
+            self._held.clear()
+            self._closed = True
+
+
 class Builder:
     """One build. ``run`` is blocking: call it on a worker thread."""
 
@@ -201,15 +302,20 @@ class Builder:
         self._built: dict[int, _State] = {}
         self._plan: stages.BuildPlan | None = None
         self._df: parser.Dockerfile | None = None
-        self._step = 0
+        self._first_step: dict[int, int] = {}  # each stage's FROM step, numbered up front
         self._total = 0
+        # set.add/update are atomic under the GIL: stages add to it from their threads
         self._used_build_args: set[str] = set()
+        self._out = _Ordered(emit)
+        self._lock = threading.Lock()  # _built and _failures, written by stage threads
+        self._failures: list[tuple[int, BaseException, bool]] = []  # stage, error, first?
 
     # ---- output ---------------------------------------------------------------------------
 
     def say(self, text: str) -> None:
+        """A message of the calling thread's stage, in Dockerfile order (``_Ordered``)."""
         if not self.quiet:
-            self._emit({"stream": text})
+            self._out.send({"stream": text})
 
     # ---- the whole build ------------------------------------------------------------------
 
@@ -243,19 +349,20 @@ class Builder:
                 except BerthError:
                     continue
             self.use_cache = found  # dockerd: only the named images' chains count
-        self._total = sum(1 + len(self._plan.stages[i].instructions) for i in self._plan.needed)
+        self._total = 0
+        for index in self._plan.needed:  # Dockerfile order, whatever order stages run in
+            self._first_step[index] = self._total + 1
+            self._total += 1 + len(self._plan.stages[index].instructions)
         return df
 
     def run(self) -> Image:
         plan = self._plan
         assert plan is not None and self.context is not None
         os.makedirs(self.work_root, mode=0o700, exist_ok=True)
-        state: _State | None = None
-        for index in plan.needed:
-            stage = plan.stages[index]
-            state = self._build_stage(stage, plan)
-            self._built[index] = state
-        assert state is not None
+        self._out.start(plan.needed)
+        for wave in plan.waves:
+            self._build_wave(wave, plan)
+        state = self._built[plan.target]
         unused = sorted(
             k
             for k in self.options.build_args
@@ -279,9 +386,48 @@ class Builder:
 
     # ---- stages ---------------------------------------------------------------------------
 
+    def _build_wave(self, wave: list[int], plan: stages.BuildPlan) -> None:
+        """Build stages that do not depend on each other at once (one alone on this
+        thread). A failure cancels the others; when they have all stopped, the first
+        failure in Dockerfile order is raised (not the errors the cancel caused)."""
+        self._out.begin(wave)
+        if len(wave) == 1:
+            self._stage_job(wave[0], plan)
+        else:
+            pool = _stage_workers()
+            jobs = [pool.submit(self._stage_job, index, plan) for index in wave]
+            for job in jobs:
+                job.result()  # _stage_job records failures: only waits here
+        if self._failures:
+            caused = [f for f in self._failures if f[2]] or self._failures
+            index, error, _ = min(caused, key=lambda f: plan.needed.index(f[0]))
+            self._out.close(index)
+            raise error
+
+    def _stage_job(self, index: int, plan: stages.BuildPlan) -> None:
+        """One stage on the calling thread: its messages tagged as its own, its result
+        or its failure recorded (the first failure cancels the build)."""
+        previous = self._out.bind(index)
+        try:
+            state = self._build_stage(plan.stages[index], plan)
+        except BaseException as exc:
+            with self._lock:
+                # a failure after the cancel is most likely its consequence (a killed RUN)
+                first = not self.cancelled.is_set()
+                self._failures.append((index, exc, first))
+                self.cancelled.set()
+            return
+        finally:
+            self._out.bind(previous)
+        with self._lock:
+            self._built[index] = state
+        self._out.finish(index)
+
     def _build_stage(self, stage: stages.Stage, plan: stages.BuildPlan) -> _State:
-        self._step += 1
-        self.say(f"Step {self._step}/{self._total} : {stage.from_ins.original}\n")
+        if self.cancelled.is_set():  # queued behind a stage that failed
+            raise BuildFailed("the build was cancelled")
+        step = self._first_step[stage.index]
+        self.say(f"Step {step}/{self._total} : {stage.from_ins.original}\n")
         state = self._from(stage, plan)
         if state.image_id != "scratch":
             self.say(f" ---> {_short(state.image_id)}\n")
@@ -298,8 +444,8 @@ class Builder:
                         raise BuildFailed(f"{ins.cmd} isn't allowed as an ONBUILD trigger")
                     self._instruction(state, ins, announce=False)
         for ins in stage.instructions:
-            self._step += 1
-            self.say(f"Step {self._step}/{self._total} : {ins.original}\n")
+            step += 1
+            self.say(f"Step {step}/{self._total} : {ins.original}\n")
             self._instruction(state, ins)
         return state
 
@@ -318,6 +464,11 @@ class Builder:
             config["history"] = []
             image_id, descs = "scratch", []
         else:
+            if self._pull is not None and (self.options.pull or not self._stored(stage.base)):
+                # a pull's progress goes straight out: wait for this stage's turn
+                self._out.turn(stage.index, self.cancelled)
+                if self.cancelled.is_set():
+                    raise BuildFailed("the build was cancelled")
             image = self._image(
                 stage.base, stage.platform or self.options.platform, self.options.pull
             )
@@ -339,6 +490,13 @@ class Builder:
             self.options.build_args, plan.meta, env, self._escape(), platform, "Dockerfile"
         )
         return _State(image_id, config, descs, scope)
+
+    def _stored(self, name: str) -> bool:
+        try:
+            self.store.get(name)
+        except NotFound:
+            return False
+        return True
 
     def _escape(self) -> str:
         return self._df.escape if self._df is not None else "\\"
