@@ -8,6 +8,7 @@ on a rebuild, ``target`` builds only what it needs, and a client hang-up cancels
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -16,9 +17,11 @@ import sqlite3
 import tarfile
 import time
 import urllib.parse
+from collections.abc import Iterator
 
 import pytest
 from tests.compat.berthd import Daemon, UnixHTTPConnection
+from tests.registries import REGISTRY_BIN, start_registry, stop_registry
 
 pytestmark = [
     pytest.mark.root,
@@ -212,3 +215,44 @@ def test_a_client_hang_up_cancels_every_stage(daemon: Daemon) -> None:
     finally:
         conn.close()
     assert wait_clean(daemon, seen, cids) == []
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if not os.access(REGISTRY_BIN, os.X_OK):
+        pytest.skip("the CNCF registry is not installed")
+    reg = start_registry(tmp_path_factory.mktemp("cncf"))
+    yield reg.host
+    stop_registry(reg)
+
+
+def test_pulls_of_parallel_stages_show_under_their_own_step(daemon: Daemon, registry: str) -> None:
+    auth = base64.urlsafe_b64encode(b"{}").decode()
+    for repo in ("par/one", "par/two"):
+        assert daemon.post(f"/images/busybox/tag?repo={registry}/{repo}&tag=1").status == 201
+        pushed = daemon.post(
+            f"/images/{registry}/{repo}/push?tag=1", headers={"X-Registry-Auth": auth}
+        )
+        assert pushed.status == 200 and b"error" not in pushed.body, pushed
+        assert daemon.delete(f"/images/{registry}/{repo}:1").status == 200
+    dockerfile = (
+        f"FROM {registry}/par/one:1 AS a\nRUN echo a\n"
+        f"FROM {registry}/par/two:1 AS b\nRUN echo b\n"
+        "FROM busybox\nCOPY --from=a /etc/hostname /a\nCOPY --from=b /etc/hostname /b\n"
+    )
+    messages = build(daemon, dockerfile, nocache="1", networkmode="none")
+    assert "Successfully built" in text(messages), messages
+
+    def where(wanted: str) -> int:
+        return next(
+            i for i, m in enumerate(messages) if wanted in str(m.get("stream") or m.get("status"))
+        )
+
+    assert (
+        where("Step 1/7")
+        < where("Pulling from par/one")
+        < where("Step 2/7")
+        < where("Step 3/7")
+        < where("Pulling from par/two")
+        < where("Step 4/7")
+    ), messages
