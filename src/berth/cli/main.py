@@ -48,7 +48,32 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_ERROR
     from berth.cli.app import main as app_main
 
-    return app_main(args)
+    code = app_main(args)
+    if argv is None and _verb(args) == "build":
+        _exit_now(code)
+    return code
+
+
+def _verb(args: list[str]) -> str | None:
+    """The verb after the global options (-H HOST, --host=HOST, -D), as app reads them."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        i += 2 if args[i] in ("-H", "--host") else 1
+    return args[i] if i < len(args) else None
+
+
+def _exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown (~3 ms of an unchanged
+    rebuild's ~40): ``berth build`` has closed its files and socket and starts no
+    threads. Only for the command itself (``argv`` None), never for a caller of main()."""
+    import os
+
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        return  # let the interpreter report or ignore it as it does
+    os._exit(code)
 
 
 def _needs_default_daemon(args: list[str]) -> bool:
