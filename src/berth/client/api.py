@@ -403,7 +403,7 @@ class Client:
         context streamed while it is tarred), on a socket of its own, the answer read off
         it as it arrives. No http.client: ``berth build`` spends its start-up on the
         build, not on imports. An error status is the caller's to read."""
-        sock = open_socket(self.address, self.timeout)
+        sock = open_socket(self.address, self.timeout, bare=True)
         try:
             try:
                 if self._version is None:
@@ -450,7 +450,7 @@ class Client:
         self._version = min(server, API_VERSION, key=_version_tuple)
         if "content-length" not in headers or headers.get("connection", "").lower() == "close":
             sock.close()  # the answer's end was the connection's
-            sock = open_socket(self.address, self.timeout)
+            sock = open_socket(self.address, self.timeout, bare=True)
         return sock
 
     # ---- system -------------------------------------------------------------------------

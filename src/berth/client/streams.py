@@ -12,12 +12,16 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Callable, Iterator
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at start-up; annotations stay strings here
+    import socket
     from typing import Any
+
+# socket (its enums: ~2 ms) loads only where a constant of it is needed; these functions
+# take any object with recv/sendall, a socket.socket or the bare _socket.socket that
+# Client.upload uses.
 
 STDIN, STDOUT, STDERR = 0, 1, 2
 DEFAULT_DETACH_KEYS = b"\x10\x11"  # ctrl-p, ctrl-q
@@ -339,7 +343,7 @@ class HijackedStream:
             return
         self._stdin_closed = True
         try:
-            self.sock.shutdown(socket.SHUT_WR)
+            self.sock.shutdown(1)  # socket.SHUT_WR
         except OSError:
             pass
 
@@ -348,7 +352,7 @@ class HijackedStream:
         wakes with the end of the stream (a detach, where the daemon may keep its side)."""
         self._stdin_closed = True
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.shutdown(2)  # socket.SHUT_RDWR
         except OSError:
             pass
 
