@@ -6,6 +6,7 @@ input (a failing RUN, sources outside the context, Dockerfile syntax errors).
 
 from __future__ import annotations
 
+import glob
 import http.server
 import io
 import json
@@ -108,8 +109,9 @@ def leftovers(daemon: Daemon) -> list[str]:
         ]
     finally:
         db.close()
+    own = os.path.join(daemon.exec_root, "build", "mounts") + "/"
     with open("/proc/self/mountinfo") as f:
-        mounts = [line.split()[4] for line in f if "/build/mounts/" in line.split()[4]]
+        mounts = [line.split()[4] for line in f if line.split()[4].startswith(own)]
     return keys + mounts
 
 
@@ -555,3 +557,31 @@ def test_run_heredocs(cli: CLI, daemon: Daemon, tmp_path: Path) -> None:
         "one\ntwo\nscript /dev/pipes/EOF\nhello world\nkept $WHO\nhi world\nraw ${WHO}\n"
     )
     assert all(cached_steps(cli.build(tmp_path, "-t", f"b-heredoc-{cli.name}").stdout))
+
+
+def test_a_client_gone_during_a_silent_run_step_stops_it(daemon: Daemon) -> None:
+    """The daemon notices the hang-up without waiting for the step to print: the RUN
+    container is killed and nothing of the build remains."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = b"FROM busybox\nRUN echo up-$((1+1)) && sleep 600\n"
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    conn = UnixHTTPConnection(daemon.socket, 60)
+    conn.request("POST", "/build?nocache=1", body=buf.getvalue())
+    answer = conn.getresponse()
+    seen = b""
+    while b"up-2" not in seen:
+        line = answer.readline()
+        assert line, seen
+        seen += line
+    step = re.search(rb"Running in ([0-9a-f]{12})", seen)
+    assert step, seen
+    conn.close()
+    pattern = f"/sys/fs/cgroup/*/berth/build-{step[1].decode()}"
+    deadline = time.monotonic() + 10
+    while (glob.glob(pattern) or leftovers(daemon)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not glob.glob(pattern), "the RUN step still runs"
+    assert leftovers(daemon) == []

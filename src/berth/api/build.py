@@ -10,6 +10,7 @@ RUN's exit code as ``code``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from aiohttp import web
@@ -102,8 +103,23 @@ async def build(request: web.Request) -> web.StreamResponse:
     response = with_headers(web.StreamResponse(status=200))
     response.content_type = "application/json"
     await response.prepare(request)
-    async for message in build_.messages():
-        await response.write(json_line(message))
+
+    async def watch_client() -> None:
+        """A client gone is otherwise seen only at the next write: a silent RUN step
+        (or stages held for ordering) would run on for nobody."""
+        while True:
+            await asyncio.sleep(0.5)
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                build_.cancel()
+                return
+
+    watcher = asyncio.create_task(watch_client())
+    try:
+        async for message in build_.messages():
+            await response.write(json_line(message))
+    finally:
+        watcher.cancel()
     await response.write_eof()
     return response
 

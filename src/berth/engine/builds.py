@@ -67,6 +67,10 @@ class Build:
         self.images = images
         self.queue = queue
 
+    def cancel(self) -> None:
+        """Stop the build: RUN steps are killed, no image is made."""
+        self.builder.cancelled.set()
+
     def _emit(self, loop: asyncio.AbstractEventLoop, message: dict[str, Any] | None) -> None:
         loop.call_soon_threadsafe(self.queue.put_nowait, message)
 
