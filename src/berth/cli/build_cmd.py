@@ -40,7 +40,7 @@ def arguments(p: ArgumentParser) -> None:
     p.add_argument("--target", metavar="STAGE", help="build up to this stage")
     p.add_argument("--iidfile", metavar="FILE", help="write the image ID to FILE")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image ID")
-    p.add_argument("--network", metavar="MODE", help="network for RUN: host or none")
+    p.add_argument("--network", metavar="MODE", help="RUN steps' network: bridge, host, none, NAME")
     p.add_argument("--platform", metavar="OS/ARCH")
     p.add_argument("--add-host", action="append", default=[], metavar="HOST:IP")
     p.add_argument("--shm-size", metavar="BYTES")
