@@ -118,9 +118,9 @@ def test_dockerfile_specific_ignore_file_wins(tmp_path: Path) -> None:
     (tmp_path / ".dockerignore").write_text("*.a\n")
     (tmp_path / "build").mkdir()
     (tmp_path / "build" / "app.Dockerfile").write_text("FROM x\n")
-    assert find_ignore_file(tmp_path, "build/app.Dockerfile") == tmp_path / ".dockerignore"
+    assert find_ignore_file(tmp_path, "build/app.Dockerfile") == str(tmp_path / ".dockerignore")
     (tmp_path / "build" / "app.Dockerfile.dockerignore").write_text("*.b\n")
-    assert find_ignore_file(tmp_path, "build/app.Dockerfile") == (
+    assert find_ignore_file(tmp_path, "build/app.Dockerfile") == str(
         tmp_path / "build" / "app.Dockerfile.dockerignore"
     )
     assert load(tmp_path, "build/app.Dockerfile") == ["*.b"]

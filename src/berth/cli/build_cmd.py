@@ -265,7 +265,8 @@ class Context:
                 root, dockerfile if dockerfile_text is None else None
             )
             if ignore is not None:
-                patterns = dockerignore.read_patterns(ignore.read_bytes())
+                with open(ignore, "rb") as f:
+                    patterns = dockerignore.read_patterns(f.read())
         name = dockerfile or "Dockerfile"
         self.inside = dockerfile_text is None
         if self.inside:
