@@ -83,11 +83,14 @@ VENV = ROOT / ".venv" / "bin"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_daemon  # noqa: E402
 
-# Two listeners in one container: 80 for the throughput run, 81 for the latency runs
-# (busybox httpd without -f daemonizes; both die with the container).
+# Six listeners in one container (busybox httpd without -f daemonizes; all die with the
+# container): each contender's throughput and latency runs get a server port of their own.
+# Sharing one would mix TIME_WAITs of different paths: connections to -p 127.0.0.1 are
+# masqueraded to the gateway's address, the same source as connections to the container
+# IP, and a SYN meeting a TIME_WAIT left by another client's timestamps is refused (PAWS).
 HTTPD = (
     "mkdir -p /www && head -c 600 /dev/zero | tr '\\0' x > /www/index.html"
-    " && httpd -p 81 -h /www && exec httpd -f -p 80 -h /www"
+    " && for p in 81 82 83 84 85; do httpd -p $p -h /www; done && exec httpd -f -p 80 -h /www"
 )
 # wrk's done() hook: every percentile we report (microseconds) and the error counts.
 LUA_REPORT = """
@@ -104,6 +107,7 @@ end
 """
 LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max")
 MODES = ("low", "paced", "one-by-one")
+COUNTERS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans", "RetransSegs", "PAWSTimewait")
 
 
 def log(message: str) -> None:
@@ -211,8 +215,7 @@ def tcp_counters(pid: int | str = "self") -> dict[str, int]:
             rows = [line.split() for line in f if line.startswith(prefix)]
         for keys, values in zip(rows[::2], rows[1::2], strict=True):
             found.update(zip(keys[1:], map(int, values[1:]), strict=True))
-    return {k: found.get(k, 0) for k in
-            ("ListenOverflows", "ListenDrops", "TCPSynRetrans", "RetransSegs")}  # fmt: skip
+    return {k: found.get(k, 0) for k in COUNTERS}
 
 
 def listen_backlog(pid: int | None, port: int) -> int | None:
@@ -234,7 +237,7 @@ class Web:
     port: int
     latency_port: int
     server_pid: int | None
-    server_port: int = 80  # the port httpd listens on in its namespace
+    server_port: int = 81  # where the latency runs' httpd listens in its namespace
     proxy: bool = False  # a userland proxy listens on the host for it
 
     def describe(self) -> dict[str, Any]:
@@ -271,6 +274,8 @@ def measure_http(web: Web, port: int, seconds: int, connections: int, script: st
         result["server_synack_retrans"] = (
             server_after["TCPSynRetrans"] - server_before["TCPSynRetrans"]
         )
+    # SYNs refused by a TIME_WAIT because their timestamp is older than the last one seen
+    result["server_paws_timewait"] = server_after["PAWSTimewait"] - server_before["PAWSTimewait"]
     return result
 
 
@@ -614,7 +619,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if p99:
         out["p99_ms_min"], out["p99_ms_max"] = min(p99), max(p99)
     for key in ("errors", "timeouts", "server_listen_overflows", "server_listen_drops",
-                "host_syn_retrans", "host_listen_overflows", "server_synack_retrans"):  # fmt: skip
+                "host_syn_retrans", "host_listen_overflows", "server_synack_retrans",
+                "server_paws_timewait"):  # fmt: skip
         if any(key in r for r in runs):
             out[key] = int(sum(r.get(key, 0) for r in runs))
     return out
@@ -624,7 +630,7 @@ def latency_table(latency: dict[str, dict[str, dict[str, Any]]], mode: str) -> l
     """A readable table of one mode, p99 as a ratio of host-direct's."""
     base = latency.get("host-direct", {}).get(mode, {}).get("p99_ms")
     lines = [f"latency ({mode}): contender  req/s  p50 p90 p99 (min-max) p99.9 max ms"
-             "  p99/direct  overflows(server) synretrans(host)"]  # fmt: skip
+             "  p99/direct  overflows(server) paws-tw(server) synretrans(host)"]  # fmt: skip
     for name, modes in latency.items():
         s = modes[mode]
         ratio = f"{s['p99_ms'] / base:.2f}x" if base and "p99_ms" in s else "-"
@@ -633,7 +639,8 @@ def latency_table(latency: dict[str, dict[str, dict[str, Any]]], mode: str) -> l
             f"{s.get('p90_ms', -1):.2f} {s.get('p99_ms', -1):.2f} "
             f"({s.get('p99_ms_min', -1):.2f}-{s.get('p99_ms_max', -1):.2f}) "
             f"{s.get('p999_ms', -1):.2f} {s.get('max_ms', -1):.2f}  {ratio}  "
-            f"{s.get('server_listen_overflows', 0)}  {s.get('host_syn_retrans', 0)}"
+            f"{s.get('server_listen_overflows', 0)}  {s.get('server_paws_timewait', 0)}  "
+            f"{s.get('host_syn_retrans', 0)}"
         )
     return lines
 
@@ -708,14 +715,14 @@ def run_all(
     tar = os.path.join(work, "busybox.tar")
     berth.cli("save", "-o", tar, "busybox")
     p1, p2, p3, p4 = (free_port() for _ in range(4))
-    berth.cli("run", "-d", "--name", "web", "-p", f"127.0.0.1:{p1}:80", "-p", f"{p2}:80",
-              "-p", f"127.0.0.1:{p3}:81", "-p", f"{p4}:81",
+    berth.cli("run", "-d", "--name", "web", "-p", f"127.0.0.1:{p1}:82", "-p", f"{p2}:84",
+              "-p", f"127.0.0.1:{p3}:83", "-p", f"{p4}:85",
               "busybox", "sh", "-c", HTTPD)  # fmt: skip
     ip = berth.cli("inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web").stdout.strip()
     pid = int(berth.cli("inspect", "-f", "{{.State.Pid}}", "web").stdout)
-    webs.append(Web("berth-container-ip", ip, 80, 81, pid))
-    webs.append(Web("berth-published-127", "127.0.0.1", p1, p3, pid))
-    webs.append(Web("berth-published-host", address, p2, p4, pid))
+    webs.append(Web("berth-container-ip", ip, 80, 81, pid, 81))
+    webs.append(Web("berth-published-127", "127.0.0.1", p1, p3, pid, 83))
+    webs.append(Web("berth-published-host", address, p2, p4, pid, 85))
 
     podman: Podman | None = None
     if "podman" not in engines:
