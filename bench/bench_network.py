@@ -2,7 +2,8 @@
 """Networking speed, Berth against the host, Docker and Podman, side by side in one run.
 
     .venv/bin/python bench/bench_network.py [--seconds 4] [--connections 50]
-        [--rounds 3] [--latency-seconds 3] [--latency-connections 4] [--pace-ms 4]
+        [--rounds 3] [--latency-seconds 2] [--paced-seconds 5] [--latency-connections 4]
+        [--pace-ms 4]
         [--megabytes 500] [--transfers 3] [--containers 50] [--engines berth,podman,docker]
         [--json FILE]
 
@@ -11,21 +12,27 @@ measured in the same minutes, interleaved:
 
 1. HTTP throughput through published ports: ``wrk -t2 -c<connections>`` from the host
    against a busybox ``httpd`` serving a 600-byte file, once per contender.
-2. HTTP latency, ``--rounds`` rounds, the contenders' order rotating each round, two runs
+2. HTTP latency, ``--rounds`` rounds, the contenders' order rotating each round, three runs
    each: ``low`` (``wrk -t2 -c<latency-connections>``, closed loop) and ``paced`` (the
    same connections, each waiting ``--pace-ms`` after every response, so every contender
    gets about the same offered load well below its capacity). Reported per contender:
    the medians over the rounds of p50/p90/p99/p99.9/max, the spread of p99, and p99 over
    host-direct's p99. busybox httpd listens with a backlog of 9 (``ss -ltn`` Send-Q) and
    forks per connection, and wrk opens a new connection per request (httpd closes each),
-   so with more connections than the accept queue holds (10) SYNs and handshake ACKs
-   are dropped (``TcpExtListenOverflows``/``ListenDrops`` in the server's network
-   namespace) and retransmitted after 1 s: that, not the engine, is the ~1 s p99 of the
-   throughput runs. The latency runs stay below it; the overflow counters of every run
-   are read before and after from ``/proc/PID/net/netstat`` of the server's namespace
-   (and the host's, where docker-proxy listens and the client's SYN retransmits count).
-   Each latency run goes to a second port of the same server (httpd on 81 as well as
-   80), so the throughput run's TIME_WAITs do not meet it.
+   so with more connections than the accept queue holds (10) SYNs and handshake-ending
+   ACKs are dropped (``TcpExtListenOverflows``/``ListenDrops`` in the server's network
+   namespace): the client resends the SYN after 1 s, or its request after an RTO of
+   200 ms and up. That, for every contender, host-direct included, is the 0.2-1.5 s p99
+   of the throughput runs (docker-proxy's own backend connect waits out its dropped
+   SYNs inside wrk's timer, so its tail looks worst). The latency runs stay below it;
+   the overflow counters of every run are read before and after from
+   ``/proc/PID/net/netstat`` of the server's namespace (and the host's, where
+   docker-proxy listens and the client's SYN retransmits count).
+   Each run goes to a server port of its own (see httpd_script), so no run reuses a
+   source port whose TIME_WAIT the server still holds. ``one-by-one`` is a third latency
+   run: one client, one request at a time, timed from before ``connect()`` to the close
+   (wrk's timer starts after the handshake, where DNAT does its work and where a dropped
+   SYN would wait).
 3. Container-to-container throughput: ``dd if=/dev/zero bs=1M count=N | nc IP PORT``
    from one busybox container to a ``nc -l`` in another on the same bridge, timed with
    busybox ``time`` inside the sender; the same busybox pipeline over 127.0.0.1 on the
@@ -83,15 +90,25 @@ VENV = ROOT / ".venv" / "bin"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_daemon  # noqa: E402
 
-# Six listeners in one container (busybox httpd without -f daemonizes; all die with the
-# container): each contender's throughput and latency runs get a server port of their own.
-# Sharing one would mix TIME_WAITs of different paths: connections to -p 127.0.0.1 are
-# masqueraded to the gateway's address, the same source as connections to the container
-# IP, and a SYN meeting a TIME_WAIT left by another client's timestamps is refused (PAWS).
-HTTPD = (
-    "mkdir -p /www && head -c 600 /dev/zero | tr '\\0' x > /www/index.html"
-    " && for p in 81 82 83 84 85; do httpd -p $p -h /www; done && exec httpd -f -p 80 -h /www"
-)
+
+# Every wrk or one-by-one run gets a server port of its own (many httpd listeners in one
+# container; all die with it). Each request is a new connection from one client address:
+# past ~14,000 of them towards one address:port (connect() takes the even half of the
+# 28,000-port range first) a source port comes back while the server still holds its
+# TIME_WAIT (60 s). Without NAT the server takes the new SYN (its timestamp is newer);
+# through a NAT that had to pick another source port (conntrack's own TIME_WAIT entries
+# clash) the SYN can carry another connection's timestamps and is refused (PAWS,
+# TcpExtPAWSTimewait): RST, a quick SYN retransmit, sometimes a 1 s one. That is a
+# property of the churn, not of a path, so no run here comes near it.
+def httpd_script(count: int) -> str:
+    """busybox httpd on ports 80 .. 80+count-1 (all but 80 daemonized)."""
+    return (
+        "mkdir -p /www && head -c 600 /dev/zero | tr '\\0' x > /www/index.html && "
+        f"for p in $(seq 81 {79 + count}); do httpd -p $p -h /www; done; "
+        "exec httpd -f -p 80 -h /www"
+    )
+
+
 # wrk's done() hook: every percentile we report (microseconds) and the error counts.
 LUA_REPORT = """
 done = function(summary, latency, requests)
@@ -235,9 +252,9 @@ class Web:
     name: str
     host: str
     port: int
-    latency_port: int
+    latency_ports: list[int]  # one per latency run: rounds x modes
     server_pid: int | None
-    server_port: int = 81  # where the latency runs' httpd listens in its namespace
+    server_port: int = 80  # where the throughput run's httpd listens in its namespace
     proxy: bool = False  # a userland proxy listens on the host for it
 
     def describe(self) -> dict[str, Any]:
@@ -650,7 +667,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=4, help="throughput run")
     parser.add_argument("--connections", type=int, default=50, help="throughput run")
     parser.add_argument("--rounds", type=int, default=3, help="latency rounds")
-    parser.add_argument("--latency-seconds", type=int, default=3)
+    parser.add_argument("--latency-seconds", type=int, default=2, help="low and one-by-one")
+    parser.add_argument("--paced-seconds", type=int, default=5)
     parser.add_argument("--latency-connections", type=int, default=4)
     parser.add_argument("--pace-ms", type=int, default=4, help="think time, paced runs")
     parser.add_argument("--megabytes", type=int, default=500, help="per transfer")
@@ -701,12 +719,20 @@ def run_all(
     address = host_address()
     webs: list[Web] = []
 
-    # -- the engines and their web servers, all up at once
-    port, latency_port = free_port(), free_port()
-    webs.append(Web("host-direct", "127.0.0.1", port, latency_port, None, port))
-    pid = stack.enter_context(host_httpd(port))
-    stack.enter_context(host_httpd(latency_port))
+    # -- the engines and their web servers, all up at once; ports: see httpd_script
+    n = 1 + args.rounds * len(MODES)
+    ports = [free_port() for _ in range(n)]
+    webs.append(Web("host-direct", "127.0.0.1", ports[0], ports[1:], None, ports[0]))
+    pid = stack.enter_context(host_httpd(ports[0]))
+    for port in ports[1:]:
+        stack.enter_context(host_httpd(port))
     log(f"host-direct: httpd {pid}")
+
+    def published(bind: str, first: int) -> tuple[list[int], list[str]]:
+        """``n`` host ports for container ports ``first`` .., and their -p flags."""
+        host_ports = [free_port() for _ in range(n)]
+        flags = [f"--publish={bind}{h}:{first + i}" for i, h in enumerate(host_ports)]
+        return host_ports, flags
 
     os.makedirs(f"{work}/berth")
     berth = Berth(f"{work}/berth")
@@ -714,15 +740,17 @@ def run_all(
     berth.start()
     tar = os.path.join(work, "busybox.tar")
     berth.cli("save", "-o", tar, "busybox")
-    p1, p2, p3, p4 = (free_port() for _ in range(4))
-    berth.cli("run", "-d", "--name", "web", "-p", f"127.0.0.1:{p1}:82", "-p", f"{p2}:84",
-              "-p", f"127.0.0.1:{p3}:83", "-p", f"{p4}:85",
-              "busybox", "sh", "-c", HTTPD)  # fmt: skip
+    # container ports: 80.. direct to the container IP, 80+n.. on 127.0.0.1, 80+2n.. on
+    # the host's address
+    loopback, loopback_flags = published("127.0.0.1:", 80 + n)
+    host, host_flags = published("", 80 + 2 * n)
+    berth.cli("run", "-d", "--name", "web", *loopback_flags, *host_flags,
+              "busybox", "sh", "-c", httpd_script(3 * n))  # fmt: skip
     ip = berth.cli("inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web").stdout.strip()
     pid = int(berth.cli("inspect", "-f", "{{.State.Pid}}", "web").stdout)
-    webs.append(Web("berth-container-ip", ip, 80, 81, pid, 81))
-    webs.append(Web("berth-published-127", "127.0.0.1", p1, p3, pid, 83))
-    webs.append(Web("berth-published-host", address, p2, p4, pid, 85))
+    webs.append(Web("berth-container-ip", ip, 80, list(range(81, 80 + n)), pid))
+    webs.append(Web("berth-published-127", "127.0.0.1", loopback[0], loopback[1:], pid, 80 + n))
+    webs.append(Web("berth-published-host", address, host[0], host[1:], pid, 80 + 2 * n))
 
     podman: Podman | None = None
     if "podman" not in engines:
@@ -736,12 +764,12 @@ def run_all(
         stack.callback(podman.close)
         try:
             podman.start(tar)
-            port, latency_port = free_port(), free_port()
-            podman.run("run", "-d", "--name", "web", "-p", f"{port}:80", "-p",
-                       f"{latency_port}:81", "busybox", "sh", "-c", HTTPD)  # fmt: skip
+            host, flags = published("", 80)
+            podman.run("run", "-d", "--name", "web", *flags, "busybox", "sh", "-c",
+                       httpd_script(n))  # fmt: skip
             pid = int(podman.run("inspect", "-f", "{{.State.Pid}}", "web").stdout)
             webs.append(Web(f"podman-{podman.version.split()[1]}-published-host", address,
-                            port, latency_port, pid))  # fmt: skip
+                            host[0], host[1:], pid))  # fmt: skip
         except Exception as exc:  # reported; the others go on
             detail = getattr(exc, "stderr", "") or exc
             results["podman"] = f"failed: {str(detail).strip()[-300:]}"
@@ -767,12 +795,12 @@ def run_all(
         stack.callback(docker.close)
         try:
             docker.start(tar)
-            port, latency_port = free_port(), free_port()
-            docker.cli("run", "-d", "--name", "web", "-p", f"{port}:80", "-p",
-                       f"{latency_port}:81", "busybox", "sh", "-c", HTTPD)  # fmt: skip
+            host, flags = published("", 80)
+            docker.cli("run", "-d", "--name", "web", *flags, "busybox", "sh", "-c",
+                       httpd_script(n))  # fmt: skip
             pid = int(docker.cli("inspect", "-f", "{{.State.Pid}}", "web").stdout)
             webs.append(Web(f"docker-{docker.version}-proxy (--iptables=false)", address,
-                            port, latency_port, pid, proxy=True))  # fmt: skip
+                            host[0], host[1:], pid, proxy=True))  # fmt: skip
         except Exception as exc:  # reported; the others go on
             detail = getattr(exc, "stderr", "") or exc
             results["docker"] = f"failed: {str(detail).strip()[-300:]}"
@@ -791,8 +819,9 @@ def run_all(
     for round_ in range(args.rounds):
         shift = round_ % len(webs)
         for web in webs[shift:] + webs[:shift]:
-            for mode, script in zip(MODES, (report, paced, ""), strict=True):
-                r = measure_http(web, web.latency_port, args.latency_seconds,
+            for i, (mode, script) in enumerate(zip(MODES, (report, paced, ""), strict=True)):
+                seconds = args.paced_seconds if mode == "paced" else args.latency_seconds
+                r = measure_http(web, web.latency_ports[round_ * len(MODES) + i], seconds,
                                  args.latency_connections, script)  # fmt: skip
                 runs[web.name][mode].append(r)
                 log(f"latency {mode} round {round_ + 1} {web.name}: {r}")
@@ -804,9 +833,10 @@ def run_all(
             if base[mode] and "p99_ms" in s:
                 s["p99_over_direct"] = round(s["p99_ms"] / base[mode], 2)
     results["latency"] = {
-        "method": f"wrk -t2 -c{args.latency_connections} -d{args.latency_seconds}s; paced: "
-        f"{args.pace_ms} ms after each response; one-by-one: one Python client, connect to "
-        f"close timed; medians of {args.rounds} rounds",
+        "method": f"low: wrk -t2 -c{args.latency_connections} -d{args.latency_seconds}s; "
+        f"paced: the same for {args.paced_seconds}s, {args.pace_ms} ms after each response; "
+        f"one-by-one: one Python client for {args.latency_seconds}s, connect to close timed; "
+        f"each run on a server port of its own; medians of {args.rounds} rounds",
         "runs": runs,
         "summary": latency,
     }
