@@ -342,3 +342,22 @@ def test_docker_attach_detach_on_a_pty(daemon: Daemon) -> None:
         running = _running(daemon, container_id)
         _remove(daemon, container_id)
     assert running
+
+
+def test_exec_output_reaches_docker_py_every_time(daemon: Daemon, cat: str) -> None:
+    """docker-py reads an exec's stream from the socket past its buffered HTTP reader:
+    output sent in the same read as the 101 would be lost. The answer goes out before
+    the process starts (dockerd's order), so none is, with or without a TTY."""
+    docker_py = pytest.importorskip("docker")
+    client = docker_py.APIClient(base_url=daemon.host, version="1.45")
+    try:
+        lost = []
+        for i in range(60):
+            tty = i % 2 == 1
+            exec_id = client.exec_create(cat, ["echo", "hello", str(i)], tty=tty)["Id"]
+            out = client.exec_start(exec_id)
+            if out != f"hello {i}{chr(13) if tty else ''}\n".encode():
+                lost.append((i, out))
+        assert lost == []
+    finally:
+        client.close()

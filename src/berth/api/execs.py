@@ -13,6 +13,7 @@ from berth.api.hijack import (
     STDERR,
     STDOUT,
     Deframer,
+    Hijacked,
     attach_ws,
     drain_later,
     frame,
@@ -22,6 +23,7 @@ from berth.api.hijack import (
 )
 from berth.api.server import add, json_body, qint, services
 from berth.engine.execs import ExecFailed
+from berth.errors import BerthError
 
 
 async def create(request: web.Request) -> web.StreamResponse:
@@ -38,24 +40,30 @@ async def start(request: web.Request) -> web.StreamResponse:
     # As Docker: the process has a terminal if the exec was created with one; the
     # start's Tty only says how the stream is framed (raw, or Docker's frames).
     raw = bool(body["Tty"]) if body.get("Tty") is not None else record.tty
+    content_type = RAW_STREAM if raw else MULTIPLEXED_STREAM
+    hijacked: list[Hijacked] = []
+
+    async def answer() -> None:
+        """The 101 goes out before the process starts (dockerd's order)."""
+        if not detach:
+            hijacked.append(await hijack(request, content_type))
+
     try:
-        record, m_reader, m_writer = await execs.start(record.id, detach=detach)
-    except ExecFailed as exc:
-        if detach:
+        record, m_reader, m_writer = await execs.start(
+            record.id, detach=detach, before_launch=answer
+        )
+    except BerthError as exc:
+        if detach or (not hijacked and not isinstance(exc, ExecFailed)):
             raise
         # As Docker: the stream carries the error, the exec's exit code says 126/127.
-        client = await hijack(request, RAW_STREAM if raw else MULTIPLEXED_STREAM)
+        client = hijacked[0] if hijacked else await hijack(request, content_type)
         message = f"{exc}\r\n".encode() if raw else frame(STDERR, f"{exc}\n".encode())
         await client.write(message)
         client.close()
         return client.response
     if m_reader is None or m_writer is None:
         return web.Response(status=200)
-    try:
-        client = await hijack(request, RAW_STREAM if raw else MULTIPLEXED_STREAM)
-    except BaseException:
-        m_writer.close()
-        raise
+    client = hijacked[0]
     transform: Callable[[bytes], bytes] | None = None
     if record.tty and not raw:
         transform = framed(STDOUT)

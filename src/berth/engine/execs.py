@@ -16,6 +16,7 @@ import copy
 import json
 import os
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -232,10 +233,17 @@ class ExecService:
         return proc
 
     async def start(
-        self, exec_id: str, *, detach: bool
+        self,
+        exec_id: str,
+        *,
+        detach: bool,
+        before_launch: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[Exec, asyncio.StreamReader | None, asyncio.StreamWriter | None]:
         """Start the exec; unless detached, the monitor's stream of it (output in Docker's
-        frames, or raw for a TTY; stdin the other way)."""
+        frames, or raw for a TTY; stdin the other way). ``before_launch`` runs once the
+        exec is known to be startable, just before the process starts: the API answers
+        the client there, so no output can reach it in the same read as the answer
+        (docker-py reads the socket past its buffered HTTP reader and would lose it)."""
         record = self.get(exec_id)
         if record.started:
             raise Conflict(f"exec {exec_id} has already been started")
@@ -264,6 +272,8 @@ class ExecService:
             "stdout": record.attach_stdout,
             "stderr": record.attach_stderr,
         }
+        if before_launch is not None:
+            await before_launch()
         record.started = True
         try:
             if detach:
