@@ -1,14 +1,16 @@
 """Build speed, side by side in one run: berthd, Docker's legacy builder (a private
-dockerd) and ``podman build``, for a busybox Dockerfile with a COPY and three RUN steps.
+dockerd) and ``podman build``, for a busybox Dockerfile with a COPY and three RUN steps,
+and (``--debian``) a Debian Dockerfile whose RUN step installs a package from the mirror.
 
-    sudo .venv/bin/python bench/bench_build.py [--rounds 5] [--unchanged 5]
+    sudo .venv/bin/python bench/bench_build.py [--rounds 5] [--unchanged 5] [--debian]
 
 For each engine: the cold build (``--no-cache``), the unchanged rebuild (every step
 cached, ``--unchanged`` times a round) and the rebuild after one copied file changed
-(that COPY and the three RUN steps again). Each is the median of its runs, timed around
-the CLI, all with
-``--network host``. The busybox image is Berth's bootstrapped one, saved from berthd
-and loaded into the others, so every engine builds on the same bytes.
+(that COPY and the RUN steps after it again). Each is the median of its runs, timed
+around the CLI, all with ``--network host`` (the private dockerd runs without a bridge,
+so that no engine's own network set-up is in the numbers). The base images are Berth's
+bootstrapped ones, saved from berthd and loaded into the others, so every engine builds
+on the same bytes. The Debian case's cold build is mostly the mirror's download time.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ RUN echo one > /one
 RUN cat /app/* | wc -c > /size
 RUN echo three > /three
 """
+DEBIAN_DOCKERFILE = """FROM debian:bookworm
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends jq >/dev/null
+COPY app/ /app/
+RUN cat /app/* | wc -c > /size
+"""
 
 
 def sh(argv: list[str], env: dict[str, str] | None = None) -> str:
@@ -55,6 +62,9 @@ class Engine:
 
     def build(self, context: str, *flags: str) -> None:
         raise NotImplementedError
+
+    def load(self, archive: str) -> None:
+        """Add an image archive to the engine's store (berthd's engines have it)."""
 
     def close(self) -> None:
         pass
@@ -95,6 +105,15 @@ class Berth(Engine):
         )
         self.busybox = f"{work}/busybox.tar"
         sh(["docker", "-H", f"unix://{self.sock}", "save", "-o", self.busybox, "busybox"])
+        self.debian = ""
+
+    def bootstrap_debian(self) -> str:
+        """debian:bookworm made here (debootstrap; cached after the first time), saved."""
+        url = "http://x/berth/images/bootstrap?name=debian:bookworm"
+        sh(["curl", "-sf", "-XPOST", "--unix-socket", self.sock, url])
+        self.debian = f"{self.work}/debian.tar"
+        sh(["docker", "-H", f"unix://{self.sock}", "save", "-o", self.debian, "debian:bookworm"])
+        return self.debian
 
     def build(self, context: str, *flags: str) -> None:
         sh(
@@ -171,6 +190,9 @@ class Docker(Engine):
     def build(self, context: str, *flags: str) -> None:
         sh(["docker", "build", "-q", "--network", "host", *flags, "-t", "bench", context], self.env)
 
+    def load(self, archive: str) -> None:
+        sh(["docker", "load", "-i", archive], self.env)
+
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
@@ -217,16 +239,19 @@ class Podman(Engine):
             self.env,
         )
 
+    def load(self, archive: str) -> None:
+        sh([*self.base, "load", "-i", archive], self.env)
+
     def close(self) -> None:
         subprocess.run([*self.base, "system", "reset", "-f"], capture_output=True, env=self.env)
         shutil.rmtree(self.short, ignore_errors=True)
 
 
-def make_context(root: Path) -> None:
+def make_context(root: Path, dockerfile: str) -> None:
     (root / "app").mkdir(parents=True)
     for i in range(20):
         (root / "app" / f"file{i:02}.txt").write_text(f"file {i}\n" * 200)
-    (root / "Dockerfile").write_text(DOCKERFILE)
+    (root / "Dockerfile").write_text(dockerfile)
 
 
 def timed(action: object) -> float:
@@ -255,13 +280,16 @@ def main() -> int:
     parser.add_argument(
         "--unchanged", type=int, default=5, help="unchanged rebuilds timed per round"
     )
+    parser.add_argument(
+        "--debian", action="store_true", help="also the Debian case (needs the mirror)"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_build: needs root", file=sys.stderr)
         return 2
     work = tempfile.mkdtemp(prefix="berth-bench-build-", dir="/tmp")
     engines: list[Engine] = []
-    table: list[tuple[str, dict[str, float]]] = []
+    table: list[tuple[str, str, dict[str, float]]] = []
     try:
         berth = Berth(f"{work}/berth")
         engines.append(berth)
@@ -274,22 +302,36 @@ def main() -> int:
                 engines.append(factory())
             except (RuntimeError, FileNotFoundError) as exc:
                 print(f"skipped: {exc}", file=sys.stderr)
-        for engine in engines:
-            context = Path(work) / f"ctx-{engine.name.split()[0]}"
-            make_context(context)
+        cases = [("busybox", DOCKERFILE, args.rounds)]
+        if args.debian:
             try:
-                table.append((engine.name, measure(engine, context, args.rounds, args.unchanged)))
+                debian = berth.bootstrap_debian()
+                for engine in engines:
+                    engine.load(debian)
+                cases.append(("debian+apt", DEBIAN_DOCKERFILE, max(1, args.rounds // 3)))
             except RuntimeError as exc:
-                print(f"{engine.name}: failed: {exc}", file=sys.stderr)
+                print(f"debian case skipped: {exc}", file=sys.stderr)
+        for case, dockerfile, rounds in cases:
+            for engine in engines:
+                context = Path(work) / f"ctx-{case}-{engine.name.split()[0]}"
+                make_context(context, dockerfile)
+                try:
+                    times = measure(engine, context, rounds, args.unchanged)
+                    table.append((case, engine.name, times))
+                except RuntimeError as exc:
+                    print(f"{case}, {engine.name}: failed: {exc}", file=sys.stderr)
     finally:
         for engine in engines:
             engine.close()
         subprocess.run(["umount", "-R", f"{work}/docker/exec"], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{'engine':<26}{'cold':>10}{'unchanged':>12}{'1 file changed':>16}   (median s)")
-    for name, values in table:
+    print(
+        f"{'case':<12}{'engine':<26}{'cold':>10}{'unchanged':>12}{'1 file changed':>16}"
+        "   (median s)"
+    )
+    for case, name, values in table:
         print(
-            f"{name:<26}{values['cold']:>10.3f}{values['unchanged']:>12.3f}"
+            f"{case:<12}{name:<26}{values['cold']:>10.3f}{values['unchanged']:>12.3f}"
             f"{values['one file changed']:>16.3f}"
         )
     return 0
