@@ -137,10 +137,19 @@ def host_address() -> str:
         return str(s.getsockname()[0])
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
+    """A port free now and not handed out before in this run (the kernel may offer one
+    twice: it is released as soon as it is chosen)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("0.0.0.0", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_http(host: str, port: int, timeout: float = 20) -> None:
