@@ -330,3 +330,30 @@ def test_kill9_in_the_middle_of_a_run_step(fresh: Daemon) -> None:
     conn.close()
     assert b"Successfully tagged cut-build:latest" in body, body[-500:]
     assert fresh.delete("/images/cut-build").status == 200
+
+
+def test_containers_of_a_killed_monitor_are_stopped_not_leaked(fresh: Daemon) -> None:
+    """The monitor (which holds the containers' output) killed while berthd is down:
+    the next berthd records the container as exited and its processes and cgroup are
+    gone, rather than left running with nobody to stop them."""
+    cid = fresh.create(["sleep", "9999"], name="orphaned")
+    assert fresh.post(f"/containers/{cid}/start").status == 204
+    pid = fresh.inspect(cid)["State"]["Pid"]
+    fresh.stop()
+    monitor = fresh.monitor_pid()
+    os.kill(monitor, signal.SIGKILL)
+    for _ in range(200):
+        if not os.path.exists(f"/proc/{monitor}"):
+            break
+        time.sleep(0.01)
+    assert os.path.exists(f"/proc/{pid}")  # the container outlived its monitor
+    fresh.start()
+    state = fresh.inspect(cid)["State"]
+    assert not state["Running"] and state["ExitCode"] == 255
+    for _ in range(100):
+        if not os.path.exists(f"/proc/{pid}"):
+            break
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}")
+    assert not glob.glob(f"/sys/fs/cgroup/*/berth/{cid}")
+    assert fresh.delete(f"/containers/{cid}").status == 204

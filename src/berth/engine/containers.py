@@ -165,9 +165,32 @@ class ContainerService:
             if os.path.exists(exit_file):
                 await self._apply_exit_file(container.id)
             elif container.id not in known:
+                await asyncio.to_thread(self._kill_orphan, container.id)
                 await self._on_exit(container.id, 255, _now(), "the monitor lost the container")
         await self.health.startup()
         await self.restarts.startup()
+
+    def _kill_orphan(self, container_id: str) -> None:
+        """A container whose monitor is gone (killed) may still run, with nobody holding
+        its output: it is killed, as the exit recorded for it says."""
+        from berth.linux.cgroups import Cgroup
+        from berth.runtime.container import Runtime
+
+        try:
+            Runtime(os.path.join(self.exec_root, "runtime")).delete(container_id, force=True)
+            return
+        except BerthError:
+            pass  # another runtime's container, or no state left: its cgroup then
+        try:
+            cgroup = Cgroup.for_container(f"/berth/{container_id}", container_id)
+            for _ in range(50):
+                if not cgroup.pids():
+                    break
+                cgroup.kill_all(signal.SIGKILL)
+                time.sleep(0.02)
+            cgroup.destroy()
+        except (OSError, BerthError) as exc:
+            print(f"berthd: cannot stop {container_id[:12]}: {exc}", file=sys.stderr)
 
     async def shutdown(self) -> None:
         """Stop following events and unmount every rootfs; containers keep running."""
