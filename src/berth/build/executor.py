@@ -910,16 +910,29 @@ class Builder:
                 proc.wait()
 
     def _kill(self, proc: subprocess.Popen[bytes], cid: str) -> None:
-        """Stop a RUN step: the runtime's container (and its cgroup) goes away."""
+        """Stop a RUN step: its processes are killed, and the runtime process waiting
+        for them deletes the container and its cgroup as after any exit. Only if it does
+        not end in time are both forced (deleting beside it, or killing it in the middle
+        of its own delete, left cgroups half removed)."""
         from berth.runtime.container import Runtime
 
+        runtime = Runtime(self.runtime_root)
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                runtime.kill(cid, signal.SIGKILL, all_processes=True)
+            except BerthError:
+                pass  # not started yet, or gone already
+            try:
+                proc.wait(0.2)
+            except subprocess.TimeoutExpired:
+                continue
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         try:
-            Runtime(self.runtime_root).delete(cid, force=True)
+            runtime.delete(cid, force=True)  # what the runtime could not (normally nothing)
         except BerthError:
-            pass
-        try:
-            proc.send_signal(signal.SIGKILL)
-        except ProcessLookupError:
             pass
 
     # -- COPY / ADD --------------------------------------------------------------------------------
