@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
 import sys
+import tarfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -88,3 +90,14 @@ class RuntimeCLI:
     def cleanup(self) -> None:
         for cid in self.created:
             self("delete", "--force", cid)
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    """An uncompressed tar of regular files (a build context, a rootfs to import)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

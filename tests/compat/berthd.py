@@ -11,9 +11,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import tempfile
@@ -269,3 +271,31 @@ class Daemon:
         assert response.status == 200, response
         data: dict[str, Any] = response.json()
         return data
+
+    def build_leftovers(self, output: str = "", cids: tuple[str, ...] = ()) -> list[str]:
+        """What a build of this daemon must not leave: uncommitted build snapshots,
+        mounts under its build folder, RUN bundles, and the cgroups of the RUN containers
+        named in ``output`` or ``cids`` (other daemons may be building)."""
+        db = sqlite3.connect(os.path.join(self.root, "images", "snapshots", "metadata.db"))
+        try:
+            found = [
+                f"snapshot {row[0]}"
+                for row in db.execute("SELECT key FROM snapshots WHERE kind != 'committed'")
+                if row[0].startswith("build")
+            ]
+        finally:
+            db.close()
+        mounts = os.path.join(self.exec_root, "build", "mounts") + "/"
+        with open("/proc/self/mountinfo") as f:
+            points = (line.split()[4] for line in f)
+            found += [f"mount {p}" for p in points if p.startswith(mounts)]
+        bundles = os.path.join(self.exec_root, "build", "bundles")
+        if os.path.isdir(bundles):
+            found += [f"bundle {name}" for name in os.listdir(bundles)]
+        named = re.findall(r"^ ---> Running in (\w+)$", output, flags=re.M)
+        for cid in {c[:12] for c in [*named, *cids]}:
+            for controller in os.listdir("/sys/fs/cgroup"):
+                path = f"/sys/fs/cgroup/{controller}/berth/build-{cid}"
+                if os.path.isdir(path):
+                    found.append(f"cgroup {path}")
+        return found

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import socket
-import sqlite3
 import subprocess
 import tarfile
 import threading
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from tests.compat.berthd import Daemon, UnixHTTPConnection
-from tests.helpers import CREATED_IDS, VENV_BIN
+from tests.helpers import CREATED_IDS, VENV_BIN, tar_of
 
 DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
 CLIS = {"docker": DOCKER, "berth": str(VENV_BIN / "berth")}
@@ -96,23 +95,6 @@ def write(root: Path, files: dict[str, str]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     return root
-
-
-def leftovers(daemon: Daemon) -> list[str]:
-    """Build snapshots that are not committed layers, and build mounts."""
-    db = sqlite3.connect(os.path.join(daemon.root, "images", "snapshots", "metadata.db"))
-    try:
-        keys = [
-            row[0]
-            for row in db.execute("SELECT key FROM snapshots WHERE kind != 'committed'")
-            if row[0].startswith("build")
-        ]
-    finally:
-        db.close()
-    own = os.path.join(daemon.exec_root, "build", "mounts") + "/"
-    with open("/proc/self/mountinfo") as f:
-        mounts = [line.split()[4] for line in f if line.split()[4].startswith(own)]
-    return keys + mounts
 
 
 def test_multi_step_build_sets_the_config(cli: CLI, daemon: Daemon, tmp_path: Path) -> None:
@@ -372,7 +354,7 @@ def test_failing_run_reports_its_code_and_leaves_nothing(
     )
     assert "out" in result.stdout and "to-stderr" in result.stdout + result.stderr
     assert {c["Id"] for c in daemon.get("/containers/json?all=1").json()} == before
-    assert leftovers(daemon) == []
+    assert daemon.build_leftovers() == []
     assert daemon.get(f"/images/b-fail-{cli.name}/json").status == 404
 
 
@@ -386,7 +368,7 @@ def test_copy_source_outside_or_missing(cli: CLI, daemon: Daemon, tmp_path: Path
     assert "missing.txt" in result.stderr and "not found" in result.stderr
     write(tmp_path, {"Dockerfile": "FROM busybox\nCOPY *.nothing /x/\n"})
     assert "no source files" in cli.build(tmp_path, ok=False).stderr
-    assert leftovers(daemon) == []
+    assert daemon.build_leftovers() == []
 
 
 def test_syntax_errors_name_the_line(cli: CLI, daemon: Daemon, tmp_path: Path) -> None:
@@ -421,18 +403,13 @@ def test_dockerfile_from_stdin_and_iidfile(daemon: Daemon, tmp_path: Path) -> No
 
 
 def test_api_stream_shape(daemon: Daemon) -> None:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = b"FROM busybox\nRUN echo hi\n"
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+    context = tar_of({"Dockerfile": b"FROM busybox\nRUN echo hi\n"})
     conn = UnixHTTPConnection(daemon.socket, 60)
     try:
         conn.request(
             "POST",
             "/build?t=b-api&nocache=1",
-            body=buf.getvalue(),
+            body=context,
             headers={"Content-Type": "application/x-tar"},
         )
         answer = conn.getresponse()
@@ -562,14 +539,9 @@ def test_run_heredocs(cli: CLI, daemon: Daemon, tmp_path: Path) -> None:
 def test_a_client_gone_during_a_silent_run_step_stops_it(daemon: Daemon) -> None:
     """The daemon notices the hang-up without waiting for the step to print: the RUN
     container is killed and nothing of the build remains."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = b"FROM busybox\nRUN echo up-$((1+1)) && sleep 600\n"
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+    context = tar_of({"Dockerfile": b"FROM busybox\nRUN echo up-$((1+1)) && sleep 600\n"})
     conn = UnixHTTPConnection(daemon.socket, 60)
-    conn.request("POST", "/build?nocache=1", body=buf.getvalue())
+    conn.request("POST", "/build?nocache=1", body=context)
     answer = conn.getresponse()
     seen = b""
     while b"up-2" not in seen:
@@ -581,7 +553,7 @@ def test_a_client_gone_during_a_silent_run_step_stops_it(daemon: Daemon) -> None
     conn.close()
     pattern = f"/sys/fs/cgroup/*/berth/build-{step[1].decode()}"
     deadline = time.monotonic() + 10
-    while (glob.glob(pattern) or leftovers(daemon)) and time.monotonic() < deadline:
+    while (glob.glob(pattern) or daemon.build_leftovers()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not glob.glob(pattern), "the RUN step still runs"
-    assert leftovers(daemon) == []
+    assert daemon.build_leftovers() == []

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import re
-import sqlite3
 import tarfile
 import time
 import urllib.parse
@@ -85,37 +84,9 @@ def steps(output: str) -> list[tuple[int, int, str]]:
     ]
 
 
-def leftovers(daemon: Daemon, output: str = "", cids: tuple[str, ...] = ()) -> list[str]:
-    """What a build of this daemon must not leave: uncommitted build snapshots, mounts
-    under its build folder, RUN bundles, and the cgroups (with their processes) of the
-    RUN containers named in ``output`` or ``cids`` (other daemons may be building)."""
-    db = sqlite3.connect(os.path.join(daemon.root, "images", "snapshots", "metadata.db"))
-    try:
-        found = [
-            f"snapshot {row[0]}"
-            for row in db.execute("SELECT key FROM snapshots WHERE kind != 'committed'")
-            if row[0].startswith("build")
-        ]
-    finally:
-        db.close()
-    mounts = os.path.join(daemon.exec_root, "build", "mounts") + "/"
-    with open("/proc/self/mountinfo") as f:
-        found += [f"mount {p}" for p in (line.split()[4] for line in f) if p.startswith(mounts)]
-    bundles = os.path.join(daemon.exec_root, "build", "bundles")
-    if os.path.isdir(bundles):
-        found += [f"bundle {name}" for name in os.listdir(bundles)]
-    named = re.findall(r"^ ---> Running in (\w+)$", output, flags=re.M)
-    for cid in {c[:12] for c in [*named, *cids]}:
-        for controller in os.listdir("/sys/fs/cgroup"):
-            path = f"/sys/fs/cgroup/{controller}/berth/build-{cid}"
-            if os.path.isdir(path):
-                found.append(f"cgroup {path}")
-    return found
-
-
 def wait_clean(daemon: Daemon, output: str = "", cids: tuple[str, ...] = ()) -> list[str]:
     deadline = time.monotonic() + 20
-    while (left := leftovers(daemon, output, cids)) and time.monotonic() < deadline:
+    while (left := daemon.build_leftovers(output, cids)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
 
@@ -138,7 +109,7 @@ def test_independent_stages_overlap_and_read_in_order(daemon: Daemon) -> None:
     order += [output.index(s) for s in ("Step 4/10", "b-one", "b-two", "Step 5/10")]
     assert order == sorted(order), output
     assert output.count(" ---> Running in ") == 3
-    assert leftovers(daemon, output) == []
+    assert daemon.build_leftovers(output) == []
 
 
 def test_a_rebuild_hits_the_cache_and_target_builds_only_what_it_needs(daemon: Daemon) -> None:
@@ -211,7 +182,8 @@ def test_a_client_hang_up_cancels_every_stage(daemon: Daemon) -> None:
         while len(cids := tuple(os.listdir(bundles))) < 2:
             assert time.monotonic() < deadline, cids
             time.sleep(0.1)
-        assert len(leftovers(daemon, cids=cids)) > len(leftovers(daemon))  # cgroups seen
+        running = daemon.build_leftovers(cids=cids)
+        assert len(running) > len(daemon.build_leftovers())  # the running steps' cgroups
     finally:
         conn.close()
     assert wait_clean(daemon, seen, cids) == []

@@ -5,7 +5,6 @@ history and image prune, in their top-level and ``image`` group forms."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from tests.compat.berthd import Daemon
-from tests.helpers import VENV_BIN
+from tests.helpers import VENV_BIN, tar_of
 from tests.registries import REGISTRY_BIN, CNCFRegistry, start_registry, stop_registry
 
 BERTH = str(VENV_BIN / "berth")
@@ -78,13 +77,7 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _rootfs_tar() -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        data = b"hi\n"
-        info = tarfile.TarInfo("hello.txt")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return tar_of({"hello.txt": b"hi\n"})
 
 
 def test_push_then_pull_back(daemon: Daemon, registry: str) -> None:

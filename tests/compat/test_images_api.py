@@ -5,7 +5,6 @@ history, import, prune, search refused, and the image events dockerd would log."
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 from tests.compat.berthd import Daemon
+from tests.helpers import tar_of
 from tests.registries import REGISTRY_BIN, CNCFRegistry, start_registry, stop_registry
 
 DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
@@ -84,13 +84,7 @@ def _events(daemon: Daemon, since: float) -> list[dict[str, Any]]:
 
 
 def _rootfs_tar() -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        data = b"hello from import\n"
-        info = tarfile.TarInfo("etc/hello")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return tar_of({"etc/hello": b"hello from import\n"})
 
 
 def test_push_and_pull_back_with_the_docker_cli(daemon: Daemon, registry: str) -> None:

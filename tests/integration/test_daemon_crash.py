@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 from tests.compat.berthd import Daemon, UnixHTTPConnection
+from tests.helpers import tar_of
 
 from berth.distribution.server import run_in_thread
 
@@ -294,14 +295,9 @@ def test_kill9_in_the_middle_of_a_commit(fresh: Daemon, point: str) -> None:
 def test_kill9_in_the_middle_of_a_run_step(fresh: Daemon) -> None:
     """berthd killed while a build's RUN step runs on the default bridge: the next berthd
     leaves no build snapshot, mount, namespace, veth or address behind, and builds."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = b"FROM busybox\nRUN echo up-$((1+1)) && sleep 2 && touch /x\n"
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+    context = tar_of({"Dockerfile": b"FROM busybox\nRUN echo up-$((1+1)) && sleep 2 && touch /x\n"})
     conn = UnixHTTPConnection(fresh.socket, 60)
-    conn.request("POST", "/build?t=cut-build&nocache=1", body=buf.getvalue())
+    conn.request("POST", "/build?t=cut-build&nocache=1", body=context)
     answer = conn.getresponse()
     seen = b""
     while b"up-2" not in seen:
@@ -325,7 +321,7 @@ def test_kill9_in_the_middle_of_a_run_step(fresh: Daemon) -> None:
     name = bridge["Options"]["com.docker.network.bridge.name"]
     assert os.listdir(f"/sys/class/net/{name}/brif") == []  # the step's veth is gone
     conn = UnixHTTPConnection(fresh.socket, 60)
-    conn.request("POST", "/build?t=cut-build&nocache=1", body=buf.getvalue())
+    conn.request("POST", "/build?t=cut-build&nocache=1", body=context)
     body = conn.getresponse().read()
     conn.close()
     assert b"Successfully tagged cut-build:latest" in body, body[-500:]
