@@ -184,3 +184,14 @@ def daemon(request: pytest.FixtureRequest) -> Iterator[Daemon]:
     finally:
         d.cleanup()
     assert not d.mounts()
+
+
+@pytest.fixture
+def clean_networks(daemon: Daemon) -> Iterator[None]:
+    """After the test: the daemon's containers, then its user networks, removed."""
+    yield
+    for c in daemon.get("/containers/json?all=1").json():
+        daemon.delete(f"/containers/{c['Id']}?force=1")
+    for n in daemon.get("/networks").json():
+        if n["Name"] not in ("bridge", "host", "none"):
+            daemon.delete(f"/networks/{n['Id']}")

@@ -70,17 +70,7 @@ def fetch(port: int) -> str:
     return ""
 
 
-@pytest.fixture
-def clean(daemon: Daemon):  # type: ignore[no-untyped-def]
-    yield
-    for c in daemon.get("/containers/json?all=1").json():
-        daemon.delete(f"/containers/{c['Id']}?force=1")
-    for n in daemon.get("/networks").json():
-        if n["Name"] not in ("bridge", "host", "none"):
-            daemon.delete(f"/networks/{n['Id']}")
-
-
-def test_port_range_and_docker_port(daemon: Daemon, clean: None) -> None:
+def test_port_range_and_docker_port(daemon: Daemon, clean_networks: None) -> None:
     base = free_ports(2)
     run(daemon, DOCKER, "run", "-d", "--name", "nwc-range", "-p",
         f"127.0.0.1:{base}-{base + 1}:80-81", "busybox", "sh", "-c",
@@ -91,7 +81,7 @@ def test_port_range_and_docker_port(daemon: Daemon, clean: None) -> None:
     assert f"81/tcp -> 127.0.0.1:{base + 1}" in ports
 
 
-def test_berth_network_verbs(daemon: Daemon, clean: None) -> None:
+def test_berth_network_verbs(daemon: Daemon, clean_networks: None) -> None:
     created = run(daemon, BERTH, "network", "create", "--subnet", "10.232.0.0/24",
                   "--label", "team=net", "nwc-one").stdout.strip()  # fmt: skip
     assert len(created) == 64
@@ -120,7 +110,7 @@ def test_berth_network_verbs(daemon: Daemon, clean: None) -> None:
     assert "nwc-one" in pruned
 
 
-def test_nothing_left_after_removal(daemon: Daemon, clean: None) -> None:
+def test_nothing_left_after_removal(daemon: Daemon, clean_networks: None) -> None:
     """No veth, no bridge address, no DNAT rule once containers and networks are gone."""
     run(daemon, DOCKER, "network", "create", "--subnet", "10.233.0.0/24", "nwc-gone")
     port = free_ports(1)
@@ -140,7 +130,7 @@ def test_nothing_left_after_removal(daemon: Daemon, clean: None) -> None:
     assert fetch(port) == "" or "hello-" not in fetch(port)
 
 
-def test_bad_input_leaves_nothing_half_made(daemon: Daemon, clean: None) -> None:
+def test_bad_input_leaves_nothing_half_made(daemon: Daemon, clean_networks: None) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -165,7 +155,7 @@ def test_bad_input_leaves_nothing_half_made(daemon: Daemon, clean: None) -> None
         assert alias.returncode != 0 and "user-defined network" in alias.stderr
 
 
-def test_berth_cli_ipv6_flags(daemon: Daemon, clean: None) -> None:
+def test_berth_cli_ipv6_flags(daemon: Daemon, clean_networks: None) -> None:
     """berth pairs --gateway/--ip-range with the subnet that holds them (docker's rule)
     and sends --ip6 from run and network connect."""
     run(daemon, BERTH, "network", "create", "--ipv6", "--subnet", "fd7e:2a1c:90b4:1::/64",

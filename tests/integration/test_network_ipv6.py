@@ -59,17 +59,7 @@ def host_ip6(*args: str) -> str:
     return subprocess.run(["ip", "-6", *args], capture_output=True, text=True).stdout
 
 
-@pytest.fixture
-def clean(daemon: Daemon):  # type: ignore[no-untyped-def]
-    yield
-    for c in daemon.get("/containers/json?all=1").json():
-        daemon.delete(f"/containers/{c['Id']}?force=1")
-    for n in daemon.get("/networks").json():
-        if n["Name"] not in ("bridge", "host", "none"):
-            daemon.delete(f"/networks/{n['Id']}")
-
-
-def test_two_containers_talk_over_ipv6(daemon: Daemon, clean: None) -> None:
+def test_two_containers_talk_over_ipv6(daemon: Daemon, clean_networks: None) -> None:
     p = prefix()
     network_id = cli(daemon, "network", "create", "--ipv6", "--subnet", f"{p}/64",
                      "v6-net").stdout.strip()  # fmt: skip
@@ -118,7 +108,9 @@ def test_two_containers_talk_over_ipv6(daemon: Daemon, clean: None) -> None:
     assert bridge not in links
 
 
-def test_ipam_reclaims_v6_and_refuses_what_dockerd_refuses(daemon: Daemon, clean: None) -> None:
+def test_ipam_reclaims_v6_and_refuses_what_dockerd_refuses(
+    daemon: Daemon, clean_networks: None
+) -> None:
     p = prefix()
     cli(daemon, "network", "create", "--ipv6", "--subnet", "10.236.0.0/24",
         "--subnet", f"{p}/64", "--gateway", f"{p}fe", "--ip-range", f"{p}100/120",
@@ -162,7 +154,7 @@ def test_ipam_reclaims_v6_and_refuses_what_dockerd_refuses(daemon: Daemon, clean
     assert bad.status == 400 and "not in subnet" in bad.json()["message"]
 
 
-def test_ipv6_without_subnet_gets_a_ula_prefix(daemon: Daemon, clean: None) -> None:
+def test_ipv6_without_subnet_gets_a_ula_prefix(daemon: Daemon, clean_networks: None) -> None:
     """dockerd 20.10 refuses --ipv6 alone (no default IPv6 pool); Docker 27 and Berth
     give the network a /64 of a unique-local /48."""
     cli(daemon, "network", "create", "--ipv6", "v6-auto-a", tool=BERTH)
@@ -180,7 +172,7 @@ def test_ipv6_without_subnet_gets_a_ula_prefix(daemon: Daemon, clean: None) -> N
     assert f"inet6 {subnets[1].removesuffix('/64')}2/64" in out
 
 
-def test_ipv6_subnet_without_enable_gives_no_address(daemon: Daemon, clean: None) -> None:
+def test_ipv6_subnet_without_enable_gives_no_address(daemon: Daemon, clean_networks: None) -> None:
     """As dockerd: an IPv6 subnet without EnableIPv6 is recorded, but unused."""
     p = prefix()
     cli(daemon, "network", "create", "--subnet", f"{p}/64", "v6-off")
@@ -193,7 +185,9 @@ def test_ipv6_subnet_without_enable_gives_no_address(daemon: Daemon, clean: None
     assert p not in host_ip6("addr")
 
 
-def test_bridge_gets_its_ipv6_gateway_again_after_a_restart(daemon: Daemon, clean: None) -> None:
+def test_bridge_gets_its_ipv6_gateway_again_after_a_restart(
+    daemon: Daemon, clean_networks: None
+) -> None:
     p = prefix()
     network_id = cli(daemon, "network", "create", "--ipv6", "--subnet", f"{p}/64",
                      "v6-again").stdout.strip()  # fmt: skip
