@@ -557,3 +557,36 @@ def test_a_client_gone_during_a_silent_run_step_stops_it(daemon: Daemon) -> None
         time.sleep(0.2)
     assert not glob.glob(pattern), "the RUN step still runs"
     assert daemon.build_leftovers() == []
+
+
+def test_same_inputs_give_the_same_image_on_another_daemon(daemon: Daemon, tmp_path: Path) -> None:
+    """Reproducible layers (a property Docker's legacy builder lacks): with
+    SOURCE_DATE_EPOCH, two daemons that share nothing build the same context (checked out
+    at other times: mtimes past the epoch are clamped to it) into the same layer digests
+    and the same image ID."""
+    dockerfile = (
+        "FROM busybox\nCOPY app/ /app/\nRUN echo built > /built && mkdir -p /var/x\n"
+        'ENV A=1\nCMD ["cat", "/built"]\n'
+    )
+    contexts = []
+    for n in (1, 2):
+        root = write(tmp_path / f"ctx{n}", {"Dockerfile": dockerfile, "app/a.txt": "a\n"})
+        stamp = time.time() - 100 * n  # two checkouts: after the epoch, at other times
+        os.utime(root / "app" / "a.txt", (stamp, stamp))
+        contexts.append(root)
+    other = Daemon()
+    try:
+        other.start()
+        other.bootstrap_busybox()
+        results = []
+        for d, context in ((daemon, contexts[0]), (other, contexts[1])):
+            out = CLI("berth", d).build(
+                context, "-q", "--no-cache", "--build-arg", "SOURCE_DATE_EPOCH=1700000000"
+            )
+            image = d.get(f"/images/{out.stdout.strip()}/json").json()
+            results.append((image["Id"], image["RootFS"]["Layers"], image["Created"]))
+        assert results[0] == results[1]
+        assert results[0][2].startswith("2023-11-14T22:13:20")
+        assert "not consumed" not in out.stdout + out.stderr
+    finally:
+        other.cleanup()

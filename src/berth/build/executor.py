@@ -162,13 +162,14 @@ def config_id(config: dict[str, Any]) -> str:
     return mf.ImageConfig(config).digest
 
 
-def _epoch() -> int | None:
-    text = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    return int(text) if text.isdigit() else None
+def _epoch(build_args: dict[str, str]) -> int | None:
+    """``SOURCE_DATE_EPOCH``: the build arg (as BuildKit takes it), else the daemon's
+    environment; it clamps layer mtimes and dates history and the image."""
+    text = build_args.get("SOURCE_DATE_EPOCH") or os.environ.get("SOURCE_DATE_EPOCH", "")
+    return int(text.strip()) if text.strip().isdigit() else None
 
 
-def _now() -> str:
-    epoch = _epoch()
+def _now(epoch: int | None) -> str:
     if epoch is not None:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
     ns = time.time_ns()
@@ -366,7 +367,9 @@ class Builder:
         unused = sorted(
             k
             for k in self.options.build_args
-            if k not in self._used_build_args and k not in expand.PROXY_ARGS
+            if k not in self._used_build_args
+            and k not in expand.PROXY_ARGS
+            and k != "SOURCE_DATE_EPOCH"  # the builder's own
         )
         if unused:
             self.say(f"[Warning] One or more build-args [{' '.join(unused)}] were not consumed\n")
@@ -579,7 +582,7 @@ class Builder:
     ) -> None:
         """The step's result becomes the stage's current image, and a cache entry."""
         config = state.config
-        created = _now()
+        created = _now(_epoch(self.options.build_args))
         config["created"] = created
         entry: dict[str, Any] = {"created": created, "created_by": created_by}
         if empty:
@@ -1230,7 +1233,9 @@ class Builder:
                 _drop_init_entries(upper, self._lower_dirs(state))
             with self.store.content.writer() as writer:
                 digest, diff_id, size = layers.write_layer(
-                    upper, cast(BinaryIO, BlobFile(writer)), source_date_epoch=_epoch()
+                    upper,
+                    cast(BinaryIO, BlobFile(writer)),
+                    source_date_epoch=_epoch(self.options.build_args),
                 )
                 stored = writer.commit()
             if stored != digest:
