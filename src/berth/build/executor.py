@@ -78,7 +78,7 @@ _METADATA = {
 }
 
 Emit = Callable[[dict[str, Any]], None]
-Puller = Callable[[str, str], None]
+Puller = Callable[[str, str, Emit], None]  # name, platform, where progress goes
 
 
 class Sandbox(Protocol):
@@ -213,7 +213,6 @@ class _Ordered:
         self._order: list[int] = []
         self._live = 0  # position in _order of the stage whose output goes out live
         self._done: set[int] = set()
-        self._begun: set[int] = set()  # stages of the waves started so far
         self._held: dict[int, list[dict[str, Any]]] = {}
         self._closed = False
 
@@ -221,18 +220,22 @@ class _Ordered:
         with self._cond:
             self._order = list(order)
 
-    def begin(self, wave: list[int]) -> None:
-        with self._cond:
-            self._begun.update(wave)
-
     def bind(self, stage: int | None) -> int | None:
         """Messages of this thread belong to ``stage`` from now on; returns the previous."""
         previous: int | None = getattr(self._local, "stage", None)
         self._local.stage = stage
         return previous
 
-    def send(self, message: dict[str, Any]) -> None:
+    def sender(self) -> Emit:
+        """``send`` for the calling thread's stage, callable from any thread (a pull's
+        progress arrives on the daemon's event loop)."""
         stage: int | None = getattr(self._local, "stage", None)
+        return lambda message: self._send(stage, message)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._send(getattr(self._local, "stage", None), message)
+
+    def _send(self, stage: int | None, message: dict[str, Any]) -> None:
         with self._cond:
             if stage is None:
                 self._emit(message)
@@ -253,16 +256,6 @@ class _Ordered:
                     for message in self._held.pop(self._order[self._live], []):
                         self._emit(message)
             self._cond.notify_all()
-
-    def turn(self, stage: int, cancelled: threading.Event) -> None:
-        """Wait until every started stage before ``stage`` has finished (or the build is
-        cancelled): for output that does not pass through ``send`` (a pull's progress)."""
-        with self._cond:
-            while not cancelled.is_set():
-                before = self._order[: self._order.index(stage)]
-                if all(i in self._done or i not in self._begun for i in before):
-                    return
-                self._cond.wait(0.2)
 
     def close(self, failed: int) -> None:
         """A failed build: the held output of the stages up to the failing one goes out
@@ -393,7 +386,6 @@ class Builder:
         """Build stages that do not depend on each other at once (one alone on this
         thread). A failure cancels the others; when they have all stopped, the first
         failure in Dockerfile order is raised (not the errors the cancel caused)."""
-        self._out.begin(wave)
         if len(wave) == 1:
             self._stage_job(wave[0], plan)
         else:
@@ -467,11 +459,6 @@ class Builder:
             config["history"] = []
             image_id, descs = "scratch", []
         else:
-            if self._pull is not None and (self.options.pull or not self._stored(stage.base)):
-                # a pull's progress goes straight out: wait for this stage's turn
-                self._out.turn(stage.index, self.cancelled)
-                if self.cancelled.is_set():
-                    raise BuildFailed("the build was cancelled")
             image = self._image(
                 stage.base, stage.platform or self.options.platform, self.options.pull
             )
@@ -494,13 +481,6 @@ class Builder:
         )
         return _State(image_id, config, descs, scope)
 
-    def _stored(self, name: str) -> bool:
-        try:
-            self.store.get(name)
-        except NotFound:
-            return False
-        return True
-
     def _escape(self) -> str:
         return self._df.escape if self._df is not None else "\\"
 
@@ -514,7 +494,7 @@ class Builder:
         if self._pull is None:
             raise BuildFailed(f"pull access denied for {name}: no such image here")
         try:
-            self._pull(name, platform)
+            self._pull(name, platform, self._out.sender())
         except BerthError as exc:
             if pull:
                 try:

@@ -23,7 +23,7 @@ from typing import Any
 from berth import errors
 from berth.build.cache import BuildCache
 from berth.build.context import Context
-from berth.build.executor import Builder, BuildFailed, BuildOptions
+from berth.build.executor import Builder, BuildFailed, BuildOptions, Emit
 from berth.engine.images import ImageService, feed_thread
 from berth.engine.network.service import BuildSandbox, NetworkService
 from berth.engine.reconcile import build_work_root
@@ -158,7 +158,7 @@ class BuildService:
         def emit(message: dict[str, Any]) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, message)
 
-        async def pull_async(name: str, platform: str) -> None:
+        async def pull_async(name: str, platform: str, progress: Emit) -> None:
             from berth.images.reference import parse as parse_reference
 
             auth = registry_auth(registry_config, parse_reference(name).domain)
@@ -168,12 +168,13 @@ class BuildService:
                 if doc.get("error"):
                     error = str(doc["error"])
                 elif not options.quiet:
-                    emit(doc)
+                    progress(doc)  # in the stage's place of the output (parallel stages)
             if error:
                 raise errors.NotFound(error)
 
-        def pull(name: str, platform: str) -> None:  # called on the build's thread
-            asyncio.run_coroutine_threadsafe(pull_async(name, platform), loop).result()
+        def pull(name: str, platform: str, progress: Emit) -> None:  # on a build thread
+            call = pull_async(name, platform, progress)
+            asyncio.run_coroutine_threadsafe(call, loop).result()
 
         if options.network not in ("", "default", "host", "none"):
             self.networks.get(options.network)  # an unknown network: 404 before any output
