@@ -30,7 +30,7 @@ HEADERS = {
 }
 
 
-def _filters(items: list[str]) -> dict[str, dict[str, bool]]:
+def filters_of(items: list[str]) -> dict[str, dict[str, bool]]:
     """``-f key=value`` flags as the API's filters (``{"key": {"value": true}}``)."""
     filters: dict[str, dict[str, bool]] = {}
     for item in items:
@@ -118,7 +118,7 @@ def ps_row(c: dict[str, Any], *, trunc: bool = True, now: float | None = None) -
 def ps(client: Client, args: Namespace) -> int:
     limit = 1 if args.latest else (args.last if args.last > 0 else None)
     containers = client.containers(
-        all=args.all or limit is not None, filters=_filters(args.filter), limit=limit
+        all=args.all or limit is not None, filters=filters_of(args.filter), limit=limit
     )
     if args.quiet:
         sys.stdout.write(
@@ -131,12 +131,18 @@ def ps(client: Client, args: Namespace) -> int:
     return 0
 
 
-def _each(refs: list[str], action: Any) -> int:
-    """Apply ``action`` to every container; print each name done, each error; 125 if any."""
+def each(refs: list[str], action: Any, *, missing_ok: bool = False) -> int:
+    """Apply ``action`` to every object named; print each name done, each error; 125 if
+    any. ``missing_ok`` (``rm --force``): an object that does not exist is no error."""
     failed = False
     for ref in refs:
         try:
             result = action(ref)
+        except NotFoundError as exc:
+            if not missing_ok:
+                error(str(exc))
+                failed = True
+            continue
         except ClientError as exc:
             error(str(exc))
             failed = True
@@ -145,35 +151,51 @@ def _each(refs: list[str], action: Any) -> int:
     return EXIT_ERROR if failed else 0
 
 
+def inspect_each(refs: list[str], fetch: Any, form: str | None, *, sort_keys: bool = False) -> int:
+    """``inspect`` of named objects: those found printed together, then an error line
+    for each missing one (as docker); 125 if any was missing."""
+    found: list[dict[str, Any]] = []
+    failed = []
+    for ref in refs:
+        try:
+            found.append(fetch(ref))
+        except NotFoundError as exc:
+            failed.append(str(exc))
+    sys.stdout.write(fmt.inspected(found, form, sort_keys=sort_keys))
+    for message in failed:
+        error(message)
+    return EXIT_ERROR if failed else 0
+
+
 def stop(client: Client, args: Namespace) -> int:
-    return _each(args.containers, lambda c: client.stop(c, args.time, args.signal))
+    return each(args.containers, lambda c: client.stop(c, args.time, args.signal))
 
 
 def restart(client: Client, args: Namespace) -> int:
-    return _each(args.containers, lambda c: client.restart(c, args.time))
+    return each(args.containers, lambda c: client.restart(c, args.time))
 
 
 def kill(client: Client, args: Namespace) -> int:
-    return _each(args.containers, lambda c: client.kill(c, args.signal))
+    return each(args.containers, lambda c: client.kill(c, args.signal))
 
 
 def rm(client: Client, args: Namespace) -> int:
-    return _each(
+    return each(
         args.containers,
         lambda c: client.remove_container(c, force=args.force, volumes=args.volumes),
     )
 
 
 def pause(client: Client, args: Namespace) -> int:
-    return _each(args.containers, client.pause)
+    return each(args.containers, client.pause)
 
 
 def unpause(client: Client, args: Namespace) -> int:
-    return _each(args.containers, client.unpause)
+    return each(args.containers, client.unpause)
 
 
 def wait(client: Client, args: Namespace) -> int:
-    return _each(args.containers, lambda c: str(client.wait(c)))
+    return each(args.containers, lambda c: str(client.wait(c)))
 
 
 def inspect(client: Client, args: Namespace) -> int:
@@ -225,7 +247,7 @@ def image_rows(images: list[dict[str, Any]], *, trunc: bool = True) -> list[dict
 
 
 def images(client: Client, args: Namespace) -> int:
-    filters = _filters(args.filter)
+    filters = filters_of(args.filter)
     if args.reference:
         filters.setdefault("reference", {})[args.reference] = True
     listed = client.images(all=args.all, filters=filters or None)

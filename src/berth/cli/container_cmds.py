@@ -359,12 +359,12 @@ def update(client: Client, args: Namespace) -> int:
 
 
 def container_prune(client: Client, args: Namespace) -> int:
-    from berth.cli.commands import _filters
-    from berth.cli.system_cmds import _TITLES, _confirm, _prune, _size
+    from berth.cli.commands import filters_of
+    from berth.cli.system_cmds import _TITLES, _prune, _size, confirm
 
-    if not _confirm("WARNING! This will remove all stopped containers.", args.force):
+    if not confirm("WARNING! This will remove all stopped containers.", args.force):
         return 0
-    lines, reclaimed = _prune(client, "containers", dict(_filters(args.filter)))
+    lines, reclaimed = _prune(client, "containers", dict(filters_of(args.filter)))
     if lines:
         print(_TITLES["containers"])
         print("\n".join(lines))

@@ -320,9 +320,9 @@ def logout(client: Client, args: Namespace) -> int:
 
 
 def image_prune(client: Client, args: Namespace) -> int:
-    from berth.cli.commands import _filters
+    from berth.cli.commands import filters_of
 
-    filters: dict[str, Any] = dict(_filters(args.filter))
+    filters: dict[str, Any] = dict(filters_of(args.filter))
     if args.all:
         filters["dangling"] = {"false": True}
     warning = (

@@ -502,9 +502,9 @@ def create(client: Client, args: Namespace) -> int:
 
 def start(client: Client, args: Namespace) -> int:
     if not (args.attach or args.interactive):
-        from berth.cli.commands import _each
+        from berth.cli.commands import each
 
-        return _each(args.containers, client.start)
+        return each(args.containers, client.start)
     if len(args.containers) > 1:
         raise UsageError("berth start: you cannot start and attach multiple containers at once")
     info = client.inspect_container(args.containers[0])

@@ -5,11 +5,10 @@ of ``berth run``/``create`` (-p, -P, --expose, --network-alias, --ip, --add-host
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from argparse import Namespace
 
-from berth.cli.app import EXIT_ERROR, UsageError, error
+from berth.cli.app import UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # berth.client (http.client) loads in app._call
@@ -284,11 +283,9 @@ def network_row(network: dict[str, Any], *, trunc: bool = True) -> dict[str, str
 
 def ls(client: Client, args: Namespace) -> int:
     from berth.cli import format as fmt
-    from berth.cli.commands import _filters
+    from berth.cli.commands import filters_of
 
-    filters = _filters(args.filter)
-    params = {"filters": json.dumps(filters)} if filters else None
-    networks = client.get("/networks", params)
+    networks = client.get("/networks", {"filters": filters_of(args.filter) or None})
     networks.sort(key=lambda n: str(n.get("Name") or ""))
     if args.quiet:
         width = None if args.no_trunc else 12
@@ -301,46 +298,27 @@ def ls(client: Client, args: Namespace) -> int:
 
 
 def inspect(client: Client, args: Namespace) -> int:
-    from berth.cli import format as fmt
-    from berth.client import NotFoundError
-    from berth.client.api import _quote
+    from berth.cli.commands import inspect_each
+    from berth.client.api import quoted
 
-    found: list[dict[str, Any]] = []
-    failed = []
-    for name in args.names:
-        try:
-            found.append(client.get(f"/networks/{_quote(name)}"))
-        except NotFoundError as exc:
-            failed.append(str(exc))
-    sys.stdout.write(fmt.inspected(found, args.format))
-    for message in failed:
-        error(message)
-    return EXIT_ERROR if failed else 0
+    return inspect_each(
+        args.names, lambda name: client.get(f"/networks/{quoted(name)}"), args.format
+    )
 
 
 def rm(client: Client, args: Namespace) -> int:
-    from berth.client import ClientError, NotFoundError
-    from berth.client.api import _quote
+    from berth.cli.commands import each
+    from berth.client.api import quoted
 
-    failed = False
-    for name in args.names:
-        try:
-            client.delete(f"/networks/{_quote(name)}")
-        except NotFoundError as exc:
-            if not args.force:
-                error(str(exc))
-                failed = True
-            continue
-        except ClientError as exc:
-            error(str(exc))
-            failed = True
-            continue
-        print(name, flush=True)
-    return EXIT_ERROR if failed else 0
+    return each(
+        args.names,
+        lambda name: client.delete(f"/networks/{quoted(name)}"),
+        missing_ok=args.force,
+    )
 
 
 def connect(client: Client, args: Namespace) -> int:
-    from berth.client.api import _quote
+    from berth.client.api import quoted
 
     endpoint: dict[str, Any] = {}
     if args.alias:
@@ -350,28 +328,26 @@ def connect(client: Client, args: Namespace) -> int:
     if args.link:
         endpoint["Links"] = [link if ":" in link else f"{link}:{link}" for link in args.link]
     body = {"Container": args.container, "EndpointConfig": endpoint}
-    client.post(f"/networks/{_quote(args.network)}/connect", body)
+    client.post(f"/networks/{quoted(args.network)}/connect", body)
     return 0
 
 
 def disconnect(client: Client, args: Namespace) -> int:
-    from berth.client.api import _quote
+    from berth.client.api import quoted
 
     body = {"Container": args.container, "Force": args.force}
-    client.post(f"/networks/{_quote(args.network)}/disconnect", body)
+    client.post(f"/networks/{quoted(args.network)}/disconnect", body)
     return 0
 
 
 def prune(client: Client, args: Namespace) -> int:
-    from berth.cli.commands import _filters
-    from berth.cli.system_cmds import _confirm
+    from berth.cli.commands import filters_of
+    from berth.cli.system_cmds import confirm
 
-    if not _confirm("WARNING! This will remove all custom networks not used by at least one "
+    if not confirm("WARNING! This will remove all custom networks not used by at least one "
                     "container.", args.force):  # fmt: skip
         return 0
-    filters = _filters(args.filter)
-    params = {"filters": json.dumps(filters)} if filters else None
-    result = client.post("/networks/prune", None, params) or {}
+    result = client.prune("networks", filters_of(args.filter))
     deleted = result.get("NetworksDeleted") or []
     if deleted:
         print("Deleted Networks:")

@@ -204,11 +204,11 @@ def events(client: Client, args: Namespace) -> int:
     import json
 
     from berth.cli import format as fmt
-    from berth.cli.commands import _filters
+    from berth.cli.commands import filters_of
 
     since = timestamp(args.since) if args.since else None
     until = timestamp(args.until) if args.until else None
-    for event in client.events(since=since, until=until, filters=_filters(args.filter)):
+    for event in client.events(since=since, until=until, filters=filters_of(args.filter)):
         if args.format == "json":
             line = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
         elif args.format:
@@ -396,7 +396,8 @@ def _df_verbose(data: dict[str, Any]) -> None:
 # ---- prune --------------------------------------------------------------------------------------
 
 
-def _confirm(warning: str, force: bool) -> bool:
+def confirm(warning: str, force: bool) -> bool:
+    """A prune's question on the terminal (skipped with ``--force``)."""
     if force:
         return True
     sys.stdout.write(f"{warning}\nAre you sure you want to continue? [y/N] ")
@@ -435,13 +436,13 @@ _TITLES = {
 
 
 def volume_prune(client: Client, args: Namespace) -> int:
-    from berth.cli.commands import _filters
+    from berth.cli.commands import filters_of
 
     which = "all local volumes" if args.all else "anonymous local volumes"
     warning = f"WARNING! This will remove {which} not used by at least one container."
-    if not _confirm(warning, args.force):
+    if not confirm(warning, args.force):
         return 0
-    filters: dict[str, Any] = _filters(args.filter)
+    filters: dict[str, Any] = filters_of(args.filter)
     if args.all:
         filters["all"] = {"true": True}
     lines, reclaimed = _prune(client, "volumes", filters)
@@ -455,7 +456,7 @@ def volume_prune(client: Client, args: Namespace) -> int:
 
 def system_prune(client: Client, args: Namespace) -> int:
     from berth.cli.app import EXIT_ERROR, error
-    from berth.cli.commands import _filters
+    from berth.cli.commands import filters_of
     from berth.client.errors import APIError
 
     removes = ["all stopped containers", "all networks not used by at least one container"]
@@ -466,9 +467,9 @@ def system_prune(client: Client, args: Namespace) -> int:
         removes[-1] = "all dangling images"
     removes.append("unused build cache")
     warning = "WARNING! This will remove:\n" + "".join(f"  - {r}\n" for r in removes)
-    if not _confirm(warning, args.force):
+    if not confirm(warning, args.force):
         return 0
-    filters = _filters(args.filter)
+    filters = filters_of(args.filter)
     kinds = ["containers", "networks"] + (["volumes"] if args.volumes else [])
     kinds += ["images", "build"]
     total = 0

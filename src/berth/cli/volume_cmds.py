@@ -10,7 +10,7 @@ import sys
 from argparse import Namespace
 
 from berth.cli import format as fmt
-from berth.cli.app import EXIT_ERROR, UsageError, error
+from berth.cli.app import UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # berth.client (http.client) loads in app._call, ssl blocked
@@ -112,9 +112,9 @@ def volume_row(volume: dict[str, Any]) -> dict[str, str]:
 
 
 def ls(client: Client, args: Namespace) -> int:
-    from berth.cli.commands import _filters
+    from berth.cli.commands import filters_of
 
-    volumes = client.volumes(filters=_filters(args.filter) or None)
+    volumes = client.volumes(filters=filters_of(args.filter) or None)
     volumes.sort(key=lambda v: _natural(str(v.get("Name") or "")))
     if args.quiet:
         sys.stdout.write("".join(f"{v.get('Name')}\n" for v in volumes))
@@ -125,37 +125,17 @@ def ls(client: Client, args: Namespace) -> int:
 
 
 def inspect(client: Client, args: Namespace) -> int:
-    from berth.client import NotFoundError
+    from berth.cli.commands import inspect_each
 
-    found: list[dict[str, Any]] = []
-    failed = []
-    for name in args.names:
-        try:
-            found.append(client.inspect_volume(name))
-        except NotFoundError as exc:
-            failed.append(str(exc))
     # docker's volume inspect re-encodes the daemon's JSON: keys sorted
-    sys.stdout.write(fmt.inspected(found, args.format, sort_keys=True))
-    for message in failed:
-        error(message)
-    return EXIT_ERROR if failed else 0
+    return inspect_each(args.names, client.inspect_volume, args.format, sort_keys=True)
 
 
 def rm(client: Client, args: Namespace) -> int:
-    from berth.client import ClientError, NotFoundError
+    from berth.cli.commands import each
 
-    failed = False
-    for name in args.names:
-        try:
-            client.remove_volume(name, force=args.force)
-        except NotFoundError as exc:
-            if not args.force:
-                error(str(exc))
-                failed = True
-                continue
-        except ClientError as exc:
-            error(str(exc))
-            failed = True
-            continue
-        print(name, flush=True)
-    return EXIT_ERROR if failed else 0
+    return each(
+        args.names,
+        lambda name: client.remove_volume(name, force=args.force),
+        missing_ok=args.force,
+    )

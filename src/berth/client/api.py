@@ -118,7 +118,8 @@ def encode_query(pairs: dict[str, str] | Iterable[tuple[str, str]]) -> str:
     )
 
 
-def _quote(name: str) -> str:
+def quoted(name: str) -> str:
+    """A name as one part of a URL path (an image's ``/`` and ``:`` kept, as docker's)."""
     return _percent(name, _PATH_SAFE, False)
 
 
@@ -505,17 +506,17 @@ class Client:
         return result
 
     def inspect_image(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.get(f"/images/{_quote(name)}/json")
+        result: dict[str, Any] = self.get(f"/images/{quoted(name)}/json")
         return result
 
     def tag_image(self, name: str, repo: str, tag: str | None = None) -> None:
-        self.request("POST", f"/images/{_quote(name)}/tag", params={"repo": repo, "tag": tag})
+        self.request("POST", f"/images/{quoted(name)}/tag", params={"repo": repo, "tag": tag})
 
     def remove_image(
         self, name: str, *, force: bool = False, noprune: bool = False
     ) -> list[dict[str, str]]:
         params = {"force": force or None, "noprune": noprune or None}
-        result = self.delete(f"/images/{_quote(name)}", params)
+        result = self.delete(f"/images/{quoted(name)}", params)
         return list(result or [])
 
     def pull(
@@ -556,13 +557,13 @@ class Client:
         (base64url JSON of {"username", "password", "serveraddress"})."""
         headers = {"X-Registry-Auth": auth} if auth is not None else {}
         yield from self._json_stream(
-            "POST", f"/images/{_quote(name)}/push", {"tag": tag or None}, None, headers
+            "POST", f"/images/{quoted(name)}/push", {"tag": tag or None}, None, headers
         )
 
     def save_images(self, names: list[str]) -> StreamResponse:
         """``docker save``: a docker-archive tar of the images, as a stream."""
         if len(names) == 1:
-            return self.stream("GET", f"/images/{_quote(names[0])}/get")
+            return self.stream("GET", f"/images/{quoted(names[0])}/get")
         url = self.url("/images/get") + "?" + encode_query([("names", n) for n in names])
         response: StreamResponse = self._exchange("GET", url, None, {}, stream=True)
         if response.status >= 400:
@@ -611,7 +612,7 @@ class Client:
                 yield item
 
     def image_history(self, name: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.get(f"/images/{_quote(name)}/history")
+        result: list[dict[str, Any]] = self.get(f"/images/{quoted(name)}/history")
         return result
 
     def prune_images(self, filters: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -643,43 +644,43 @@ class Client:
         return result
 
     def inspect_container(self, ref: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.get(f"/containers/{_quote(ref)}/json")
+        result: dict[str, Any] = self.get(f"/containers/{quoted(ref)}/json")
         return result
 
     def start(self, ref: str) -> None:
         """Start; a container already running is fine (304)."""
-        self.request("POST", f"/containers/{_quote(ref)}/start", ok=(304,))
+        self.request("POST", f"/containers/{quoted(ref)}/start", ok=(304,))
 
     def stop(self, ref: str, timeout: int | None = None, signal: str | None = None) -> None:
         """Stop; a container already stopped is fine (304)."""
         params = {"t": timeout, "signal": signal}
-        self.request("POST", f"/containers/{_quote(ref)}/stop", params=params, ok=(304,))
+        self.request("POST", f"/containers/{quoted(ref)}/stop", params=params, ok=(304,))
 
     def restart(self, ref: str, timeout: int | None = None) -> None:
         self._maybe_unsupported(
             "restart",
             ref,
             lambda: self.request(
-                "POST", f"/containers/{_quote(ref)}/restart", params={"t": timeout}
+                "POST", f"/containers/{quoted(ref)}/restart", params={"t": timeout}
             ),
         )
 
     def pause(self, ref: str) -> None:
         self._maybe_unsupported(
-            "pause", ref, lambda: self.request("POST", f"/containers/{_quote(ref)}/pause")
+            "pause", ref, lambda: self.request("POST", f"/containers/{quoted(ref)}/pause")
         )
 
     def unpause(self, ref: str) -> None:
         self._maybe_unsupported(
-            "unpause", ref, lambda: self.request("POST", f"/containers/{_quote(ref)}/unpause")
+            "unpause", ref, lambda: self.request("POST", f"/containers/{quoted(ref)}/unpause")
         )
 
     def kill(self, ref: str, signal: str | int | None = None) -> None:
-        self.request("POST", f"/containers/{_quote(ref)}/kill", params={"signal": signal})
+        self.request("POST", f"/containers/{quoted(ref)}/kill", params={"signal": signal})
 
     def remove_container(self, ref: str, *, force: bool = False, volumes: bool = False) -> None:
         params = {"force": force or None, "v": volumes or None}
-        self.request("DELETE", f"/containers/{_quote(ref)}", params=params)
+        self.request("DELETE", f"/containers/{quoted(ref)}", params=params)
 
     def wait(self, ref: str, condition: str = "not-running") -> int:
         """Block until the container meets ``condition``; its exit code."""
@@ -688,11 +689,11 @@ class Client:
     def wait_later(self, ref: str, condition: str = "not-running") -> Waiter:
         """Register a wait now (the daemon answers its headers once it is registered)."""
         return Waiter(
-            self.stream("POST", f"/containers/{_quote(ref)}/wait", params={"condition": condition})
+            self.stream("POST", f"/containers/{quoted(ref)}/wait", params={"condition": condition})
         )
 
     def resize(self, ref: str, height: int, width: int) -> None:
-        self.request("POST", f"/containers/{_quote(ref)}/resize", params={"h": height, "w": width})
+        self.request("POST", f"/containers/{quoted(ref)}/resize", params={"h": height, "w": width})
 
     def logs(
         self,
@@ -716,7 +717,7 @@ class Client:
             "since": since,
             "until": until,
         }
-        with self.stream("GET", f"/containers/{_quote(ref)}/logs", params=params) as response:
+        with self.stream("GET", f"/containers/{quoted(ref)}/logs", params=params) as response:
             content_type = response.headers.get("content-type", "")
             if content_type.startswith(MULTIPLEXED_STREAM):
                 raw = False
@@ -747,7 +748,7 @@ class Client:
             "stderr": stderr,
             "logs": logs or None,
         }
-        return self.hijack(f"/containers/{_quote(ref)}/attach", params=params)
+        return self.hijack(f"/containers/{quoted(ref)}/attach", params=params)
 
     # ---- exec ---------------------------------------------------------------------------
 
@@ -781,7 +782,7 @@ class Client:
         if user:
             body["User"] = user
         result = self._maybe_unsupported(
-            "exec", ref, lambda: self.post(f"/containers/{_quote(ref)}/exec", body)
+            "exec", ref, lambda: self.post(f"/containers/{quoted(ref)}/exec", body)
         )
         return str(result["Id"])
 
@@ -791,16 +792,16 @@ class Client:
         """Run the exec: its streams (hijacked), or None when ``detach``."""
         body = {"Detach": detach, "Tty": tty}
         if detach:
-            self.request("POST", f"/exec/{_quote(exec_id)}/start", body=body)
+            self.request("POST", f"/exec/{quoted(exec_id)}/start", body=body)
             return None
-        return self.hijack(f"/exec/{_quote(exec_id)}/start", body=body)
+        return self.hijack(f"/exec/{quoted(exec_id)}/start", body=body)
 
     def exec_inspect(self, exec_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.get(f"/exec/{_quote(exec_id)}/json")
+        result: dict[str, Any] = self.get(f"/exec/{quoted(exec_id)}/json")
         return result
 
     def exec_resize(self, exec_id: str, height: int, width: int) -> None:
-        self.request("POST", f"/exec/{_quote(exec_id)}/resize", params={"h": height, "w": width})
+        self.request("POST", f"/exec/{quoted(exec_id)}/resize", params={"h": height, "w": width})
 
     def exec_exit_code(self, exec_id: str, timeout: float = 5.0) -> int:
         """The exec's exit code once the daemon has recorded it."""
@@ -850,26 +851,26 @@ class Client:
 
     def top(self, ref: str, ps_args: str | None = None) -> dict[str, Any]:
         """``{"Titles": [...], "Processes": [[...], ...]}`` (``ps_args``: ps's options)."""
-        result: dict[str, Any] = self.get(f"/containers/{_quote(ref)}/top", {"ps_args": ps_args})
+        result: dict[str, Any] = self.get(f"/containers/{quoted(ref)}/top", {"ps_args": ps_args})
         return result
 
     def stats(self, ref: str) -> dict[str, Any]:
         """One sample with ``precpu_stats`` (the daemon waits a sampling interval)."""
-        result: dict[str, Any] = self.get(f"/containers/{_quote(ref)}/stats", {"stream": False})
+        result: dict[str, Any] = self.get(f"/containers/{quoted(ref)}/stats", {"stream": False})
         return result
 
     def stats_stream(self, ref: str) -> Iterator[dict[str, Any]]:
         """A sample per interval until the caller stops iterating or the container ends."""
-        path = f"/containers/{_quote(ref)}/stats"
+        path = f"/containers/{quoted(ref)}/stats"
         with self.stream("GET", path, params={"stream": True}) as response:
             yield from iter_json(response.read_chunk)
 
     def rename(self, ref: str, name: str) -> None:
-        self.request("POST", f"/containers/{_quote(ref)}/rename", params={"name": name})
+        self.request("POST", f"/containers/{quoted(ref)}/rename", params={"name": name})
 
     def update_container(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /containers/{id}/update``: ``{"Warnings": [...]}``."""
-        result = self.post(f"/containers/{_quote(ref)}/update", body)
+        result = self.post(f"/containers/{quoted(ref)}/update", body)
         return dict(result or {})
 
     # ---- volumes ------------------------------------------------------------------------
@@ -884,11 +885,11 @@ class Client:
         return result
 
     def inspect_volume(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.get(f"/volumes/{_quote(name)}")
+        result: dict[str, Any] = self.get(f"/volumes/{quoted(name)}")
         return result
 
     def remove_volume(self, name: str, *, force: bool = False) -> None:
-        self.request("DELETE", f"/volumes/{_quote(name)}", params={"force": force or None})
+        self.request("DELETE", f"/volumes/{quoted(name)}", params={"force": force or None})
 
     def _maybe_unsupported(self, what: str, ref: str, call: Any) -> Any:
         """``call()``; a 404 while the container exists means the route is missing."""

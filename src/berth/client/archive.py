@@ -9,7 +9,7 @@ import base64
 import json
 from urllib.parse import quote
 
-from berth.client.api import Client, Response, StreamResponse, _message, _quote
+from berth.client.api import Client, Response, StreamResponse, _message, quoted
 from berth.client.errors import ClientError, api_error
 
 TYPE_CHECKING = False
@@ -32,7 +32,7 @@ def _stat_of(headers: dict[str, str]) -> dict[str, Any]:
 
 def stat_path(client: Client, ref: str, path: str) -> dict[str, Any]:
     """``HEAD .../archive``: name, size, mode (Go's bits), mtime, linkTarget of a path."""
-    url = client.url(f"/containers/{_quote(ref)}/archive", {"path": path})
+    url = client.url(f"/containers/{quoted(ref)}/archive", {"path": path})
     response: Response = client._exchange("HEAD", url, None, {})
     if response.status >= 400:
         message = _message(response.status, response.body)
@@ -44,7 +44,7 @@ def stat_path(client: Client, ref: str, path: str) -> dict[str, Any]:
 
 def get_archive(client: Client, ref: str, path: str) -> tuple[StreamResponse, dict[str, Any]]:
     """A tar of ``path`` in the container (read it from the stream) and the path's stat."""
-    response = client.stream("GET", f"/containers/{_quote(ref)}/archive", params={"path": path})
+    response = client.stream("GET", f"/containers/{quoted(ref)}/archive", params={"path": path})
     return response, _stat_of(response.headers)
 
 
@@ -63,7 +63,7 @@ def put_archive(
         "noOverwriteDirNonDir": no_overwrite_dir_non_dir or None,
         "copyUIDGID": copy_uid_gid or None,
     }
-    url = client.url(f"/containers/{_quote(ref)}/archive", params)
+    url = client.url(f"/containers/{quoted(ref)}/archive", params)
     headers = {"Content-Type": "application/x-tar"}
     response: Response = client._exchange("PUT", url, data, headers)  # type: ignore[arg-type]
     if response.status >= 400:
@@ -72,13 +72,13 @@ def put_archive(
 
 def diff(client: Client, ref: str) -> list[dict[str, Any]]:
     """The container's changes: ``{"Path", "Kind"}`` (0 modified, 1 added, 2 deleted)."""
-    result = client.get(f"/containers/{_quote(ref)}/changes")
+    result = client.get(f"/containers/{quoted(ref)}/changes")
     return list(result or [])
 
 
 def export(client: Client, ref: str) -> StreamResponse:
     """A tar of the container's whole filesystem, as a stream."""
-    return client.stream("GET", f"/containers/{_quote(ref)}/export")
+    return client.stream("GET", f"/containers/{quoted(ref)}/export")
 
 
 def commit(
