@@ -63,6 +63,17 @@ def start_registry(root: Path, htpasswd: Path | None = None) -> CNCFRegistry:
     return CNCFRegistry(f"127.0.0.1:{port}", process)
 
 
+def htpasswd_file(folder: Path, user: str, password: str = "s3cret") -> Path:
+    """An htpasswd file (bcrypt) with one user, for a registry with basic auth."""
+    import bcrypt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "htpasswd"
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    path.write_text(f"{user}:{hashed}\n")
+    return path
+
+
 def stop_registry(registry: CNCFRegistry) -> None:
     registry.process.terminate()
     try:

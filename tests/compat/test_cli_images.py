@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 from tests.compat.berthd import Daemon
 from tests.helpers import VENV_BIN, tar_of
-from tests.registries import REGISTRY_BIN, CNCFRegistry, start_registry, stop_registry
+from tests.registries import (
+    REGISTRY_BIN,
+    CNCFRegistry,
+    htpasswd_file,
+    start_registry,
+    stop_registry,
+)
 
 BERTH = str(VENV_BIN / "berth")
 
@@ -65,13 +71,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import bcrypt
-
     root = tmp_path_factory.mktemp("cncf-auth")
-    htpasswd = root / "htpasswd"
-    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=5)).decode()
-    htpasswd.write_text(f"bob:{hashed}\n")
-    reg = start_registry(root / "registry", htpasswd)
+    reg = start_registry(root / "registry", htpasswd_file(root, "bob"))
     yield reg.host
     stop_registry(reg)
 

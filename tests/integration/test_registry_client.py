@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import bcrypt
 import pytest
 from aiohttp import web
-from tests.registries import REGISTRY_BIN, free_port, start_registry, stop_registry
+from tests.registries import REGISTRY_BIN, free_port, htpasswd_file, start_registry, stop_registry
 from yarl import URL
 
 from berth.distribution.client import (
@@ -84,10 +83,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("auth-registry")
-    htpasswd = root / "htpasswd"
-    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
-    htpasswd.write_text(f"alice:{hashed}\n")
-    reg = start_registry(root, htpasswd)
+    reg = start_registry(root, htpasswd_file(root, "alice"))
     try:
         yield reg.host
     finally:
