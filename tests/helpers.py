@@ -101,3 +101,9 @@ def tar_of(files: dict[str, bytes]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+# busybox httpd serving its own hostname on port 80, and a one-shot HTTP GET by nc
+# (HOST PORT follow): what the network tests run inside containers
+HTTPD = "mkdir -p /www && echo hello-$HOSTNAME > /www/index.html && exec httpd -f -p 80 -h /www"
+GET = 'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 5'

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 from tests.compat.berthd import Daemon
-from tests.helpers import CREATED_IDS
+from tests.helpers import CREATED_IDS, GET, HTTPD
 
 DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
 
@@ -30,8 +30,6 @@ pytestmark = [
 ]
 
 # busybox-static's wget crashes (static glibc); nc speaks HTTP/1.0 for the tests
-GET = 'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 5'
-HTTPD = "mkdir -p /www && echo hello-$HOSTNAME > /www/index.html && exec httpd -f -p 80 -h /www"
 
 
 def docker(daemon: Daemon, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -18,12 +18,10 @@ import subprocess
 
 import pytest
 from tests.compat.berthd import Daemon
-from tests.helpers import CREATED_IDS, VENV_BIN
+from tests.helpers import CREATED_IDS, GET, HTTPD, VENV_BIN
 
 DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
 BERTH = str(VENV_BIN / "berth")
-HTTPD = "mkdir -p /www && echo hello-$HOSTNAME > /www/index.html && exec httpd -f -p 80 -h /www"
-GET = 'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 5'
 
 pytestmark = [
     pytest.mark.root,
