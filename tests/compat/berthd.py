@@ -22,7 +22,7 @@ import tempfile
 import time
 from typing import Any
 
-from tests.helpers import CREATED_IDS, VENV_BIN
+from tests.helpers import CREATED_IDS, VENV_BIN, tar_of
 
 BERTHD = str(VENV_BIN / "berthd")
 
@@ -271,6 +271,25 @@ class Daemon:
         assert response.status == 200, response
         data: dict[str, Any] = response.json()
         return data
+
+    def build_running(
+        self, run: bytes, query: str = ""
+    ) -> tuple[UnixHTTPConnection, http.client.HTTPResponse, str]:
+        """Post a build of ``FROM busybox`` + ``RUN echo up-$((1+1)) && <run>`` and read
+        its output until the step printed ``up-2``: the open connection, the answer (the
+        rest of the stream) and the RUN container's short id (cgroup ``berth/build-<id>``)."""
+        dockerfile = b"FROM busybox\nRUN echo up-$((1+1)) && " + run + b"\n"
+        conn = UnixHTTPConnection(self.socket, 60)
+        conn.request("POST", f"/build?nocache=1{query}", body=tar_of({"Dockerfile": dockerfile}))
+        answer = conn.getresponse()
+        seen = b""
+        while b"up-2" not in seen:
+            line = answer.readline()
+            assert line, seen
+            seen += line
+        step = re.search(rb"Running in ([0-9a-f]{12})", seen)
+        assert step, seen
+        return conn, answer, step[1].decode()
 
     def build_leftovers(self, output: str = "", cids: tuple[str, ...] = ()) -> list[str]:
         """What a build of this daemon must not leave: uncommitted build snapshots,

@@ -539,19 +539,9 @@ def test_run_heredocs(cli: CLI, daemon: Daemon, tmp_path: Path) -> None:
 def test_a_client_gone_during_a_silent_run_step_stops_it(daemon: Daemon) -> None:
     """The daemon notices the hang-up without waiting for the step to print: the RUN
     container is killed and nothing of the build remains."""
-    context = tar_of({"Dockerfile": b"FROM busybox\nRUN echo up-$((1+1)) && sleep 600\n"})
-    conn = UnixHTTPConnection(daemon.socket, 60)
-    conn.request("POST", "/build?nocache=1", body=context)
-    answer = conn.getresponse()
-    seen = b""
-    while b"up-2" not in seen:
-        line = answer.readline()
-        assert line, seen
-        seen += line
-    step = re.search(rb"Running in ([0-9a-f]{12})", seen)
-    assert step, seen
+    conn, _, step = daemon.build_running(b"sleep 600")
     conn.close()
-    pattern = f"/sys/fs/cgroup/*/berth/build-{step[1].decode()}"
+    pattern = f"/sys/fs/cgroup/*/berth/build-{step}"
     deadline = time.monotonic() + 10
     while (glob.glob(pattern) or daemon.build_leftovers()) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -18,7 +18,6 @@ import io
 import json
 import os
 import random
-import re
 import signal
 import sqlite3
 import tarfile
@@ -30,7 +29,6 @@ from pathlib import Path
 
 import pytest
 from tests.compat.berthd import Daemon, UnixHTTPConnection
-from tests.helpers import tar_of
 
 from berth.distribution.server import run_in_thread
 
@@ -295,17 +293,7 @@ def test_kill9_in_the_middle_of_a_commit(fresh: Daemon, point: str) -> None:
 def test_kill9_in_the_middle_of_a_run_step(fresh: Daemon) -> None:
     """berthd killed while a build's RUN step runs on the default bridge: the next berthd
     leaves no build snapshot, mount, namespace, veth or address behind, and builds."""
-    context = tar_of({"Dockerfile": b"FROM busybox\nRUN echo up-$((1+1)) && sleep 2 && touch /x\n"})
-    conn = UnixHTTPConnection(fresh.socket, 60)
-    conn.request("POST", "/build?t=cut-build&nocache=1", body=context)
-    answer = conn.getresponse()
-    seen = b""
-    while b"up-2" not in seen:
-        chunk = answer.readline()
-        assert chunk, seen
-        seen += chunk
-    step = re.search(rb"Running in ([0-9a-f]{12})", seen)
-    assert step, seen
+    conn, _, step = fresh.build_running(b"sleep 2 && touch /x", "&t=cut-build")
     _kill9(fresh)
     conn.close()
     time.sleep(2.5)  # the step's runtime outlives the daemon until its process ends
@@ -313,16 +301,15 @@ def test_kill9_in_the_middle_of_a_run_step(fresh: Daemon) -> None:
     assert not [k for k, kind in _snapshot_kinds(fresh) if kind != "committed"]
     assert not [p for p in fresh.mounts() if "/build/" in p]
     assert os.listdir(os.path.join(fresh.exec_root, "netns")) == []
-    assert not glob.glob(f"/sys/fs/cgroup/*/berth/build-{step[1].decode()}")
+    assert not glob.glob(f"/sys/fs/cgroup/*/berth/build-{step}")
     runtime_root = os.path.join(fresh.exec_root, "build", "runtime")
     assert not os.path.isdir(runtime_root) or os.listdir(runtime_root) == []
     bridge = fresh.get("/networks/bridge").json()
     assert bridge["Containers"] == {}
     name = bridge["Options"]["com.docker.network.bridge.name"]
     assert os.listdir(f"/sys/class/net/{name}/brif") == []  # the step's veth is gone
-    conn = UnixHTTPConnection(fresh.socket, 60)
-    conn.request("POST", "/build?t=cut-build&nocache=1", body=context)
-    body = conn.getresponse().read()
+    conn, answer, _ = fresh.build_running(b"touch /x", "&t=cut-build")  # to the end now
+    body = answer.read()
     conn.close()
     assert b"Successfully tagged cut-build:latest" in body, body[-500:]
     assert fresh.delete("/images/cut-build").status == 200
