@@ -92,14 +92,20 @@ class RuntimeCLI:
             self("delete", "--force", cid)
 
 
-def tar_of(files: dict[str, bytes]) -> bytes:
-    """An uncompressed tar of regular files (a build context, a rootfs to import)."""
+def tar_of(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    """An uncompressed tar of regular files, then symlinks (name -> target): a build
+    context, a rootfs to import, an archive to load."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            tar.addfile(info)
     return buffer.getvalue()
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from tests.compat.berthd import Daemon, UnixHTTPConnection
-from tests.helpers import CREATED_IDS
+from tests.helpers import CREATED_IDS, tar_of
 
 DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
 
@@ -56,16 +56,6 @@ def put(daemon: Daemon, path: str, body: bytes) -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         conn.close()
-
-
-def tar_of(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def members(result: subprocess.CompletedProcess[bytes]) -> dict[str, bytes | None]:

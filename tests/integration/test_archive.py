@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tests.helpers import tar_of
 
 from berth.errors import BerthError, InvalidArgument, NotFound
 from berth.images import archive, bootstrap
@@ -81,21 +82,6 @@ def _members(data: bytes) -> dict[str, bytes]:
             for m in tar.getmembers()
             if m.isfile()
         }
-
-
-def _tar(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for name, target in (links or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type = tarfile.SYMTYPE
-            info.linkname = target
-            tar.addfile(info)
-    return out.getvalue()
 
 
 def _assert_unpacked(store: ImageStore, image: Image) -> None:
@@ -216,7 +202,7 @@ def test_load_reads_the_legacy_layout(store: ImageStore, fresh: ImageStore, busy
         ).encode(),
         "repositories": b"{}",
     }
-    data = _tar(legacy, {"bbbb/layer.tar": "../aaaa/layer.tar"})
+    data = tar_of(legacy, {"bbbb/layer.tar": "../aaaa/layer.tar"})
     assert archive.load(fresh, io.BytesIO(data)) == [
         "docker.io/library/one:1",
         "docker.io/library/two:2",
@@ -334,14 +320,14 @@ def _replace(data: bytes, name: str, content: bytes) -> bytes:
             if m.isfile():
                 files[m.name] = tar.extractfile(m).read()  # type: ignore[union-attr]
     files[name] = content
-    return _tar(files)
+    return tar_of(files)
 
 
 def test_archive_without_manifest_or_index(fresh: ImageStore) -> None:
     with pytest.raises(archive.InvalidArchive, match=r"no manifest\.json or index\.json"):
-        archive.load(fresh, io.BytesIO(_tar({"hello.txt": b"hi"})))
+        archive.load(fresh, io.BytesIO(tar_of({"hello.txt": b"hi"})))
     with pytest.raises(archive.InvalidArchive, match=r"pre-1\.10"):
-        archive.load(fresh, io.BytesIO(_tar({"repositories": b"{}"})))
+        archive.load(fresh, io.BytesIO(tar_of({"repositories": b"{}"})))
     _assert_nothing_recorded(fresh)
 
 
@@ -363,7 +349,7 @@ def test_layer_that_lies_about_its_diff_id(
     files = _members(_save(store, ["busybox:latest"]))
     hexid = busybox.id.split(":")[1]
     diff_hex = busybox.config.diff_ids[0].split(":")[1]
-    tampered = _tar({"etc/evil": b"x"})
+    tampered = tar_of({"etc/evil": b"x"})
     legacy = {
         "l/layer.tar": gzip.compress(tampered),
         f"{hexid}.json": files[f"blobs/sha256/{hexid}"],
@@ -372,10 +358,10 @@ def test_layer_that_lies_about_its_diff_id(
         ).encode(),
     }
     with pytest.raises(archive.InvalidArchive, match=f"sha256:{diff_hex}"):
-        archive.load(fresh, io.BytesIO(_tar(legacy)))
+        archive.load(fresh, io.BytesIO(tar_of(legacy)))
     legacy["l/layer.tar"] = tampered  # plain: caught before unpacking
     with pytest.raises(archive.InvalidArchive, match="hashes to"):
-        archive.load(fresh, io.BytesIO(_tar(legacy)))
+        archive.load(fresh, io.BytesIO(tar_of(legacy)))
     _assert_nothing_recorded(fresh)
     assert [s.key for s in fresh.snapshots.walk()] == []
 
@@ -410,5 +396,5 @@ def test_archive_missing_a_blob(store: ImageStore, fresh: ImageStore, busybox: I
         files = _members(data)
         del files[f"blobs/sha256/{layer.split(':')[1]}"]
         with pytest.raises(archive.InvalidArchive, match="missing from the archive"):
-            archive.load(fresh, io.BytesIO(_tar(files)))
+            archive.load(fresh, io.BytesIO(tar_of(files)))
     _assert_nothing_recorded(fresh)
